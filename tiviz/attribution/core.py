@@ -1,0 +1,207 @@
+"""`attribute()`: every pair, both sides, every method, one tidy table.
+
+Both sides of a pair, and `batch_size` pairs, go through the model as one padded batch. Methods that share a
+target share one forward + backward (`gradient`, `grad_x_input`; `tidpo` shares it when the target is
+max_logit).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tiviz.attribution.attention import attention_scores
+from tiviz.attribution.gradient import embedding_gradients, grad_x_input, gradient_norm
+from tiviz.attribution.hybrid import hybrid_weights
+from tiviz.attribution.integrated import integrated_gradients
+from tiviz.attribution.methods import METHODS, resolve_methods
+from tiviz.attribution.targets import target_value, token_logps
+from tiviz.config import AttributionConfig
+from tiviz.data import PreferencePair, load_pairs
+from tiviz.errors import ConfigError
+from tiviz.table import COLUMNS, PROVENANCE_KEY, validate
+from tiviz.tokenization import SIDES, Batch, EncodedSequence, collate, encode_pair, pad_token_id
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+def attribute(
+    model: Any,
+    pairs: Sequence[PreferencePair] | Any,
+    methods: str | Sequence[str] | None = None,
+    *,
+    tokenizer: Any | None = None,
+    ref_model: Any | None = None,
+    config: AttributionConfig | None = None,
+    progress: Progress | None = None,
+    model_id: str | None = None,
+    data_info: dict[str, Any] | None = None,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Attribute every pair with every method; returns the tidy table (see `tiviz.table.COLUMNS`).
+
+    Args:
+        model: a `LoadedModel` or a Hugging Face causal LM (then pass `tokenizer`).
+        pairs: `PreferencePair`s, or anything `load_pairs` accepts (a path, a list of dicts).
+        methods: ids from `list_methods()`, as a list or "a,b"; default gradient, integrated_gradients,
+            attention, tidpo.
+        ref_model: the reference pi_ref, needed by `implicit_reward` and the `reward` target.
+        config: an `AttributionConfig`; `settings` override its fields (e.g. `n_steps=32`).
+        progress: called as progress(pairs_done, pairs_total) after each batch.
+        data_info: provenance of the data (file, sha256) recorded in the table.
+    """
+    cfg = AttributionConfig.from_dict({**(config.to_dict() if config else {}), **settings})
+    names = resolve_methods(methods)
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        provenance_model = model.provenance() if hasattr(model, "provenance") else {}
+        model = getattr(model, "model", model)
+    else:
+        provenance_model = {}
+    if tokenizer is None:
+        raise ConfigError("tokenizer", None, "a tokenizer, or a LoadedModel that carries one")
+    if not isinstance(pairs, list | tuple) or (pairs and not isinstance(pairs[0], PreferencePair)):
+        pairs = load_pairs(pairs)
+    needs_ref = [m for m in names if METHODS[m].needs_reference]
+    if ref_model is None and (needs_ref or cfg.target == "reward"):
+        what = f"method {needs_ref[0]!r}" if needs_ref else "target 'reward'"
+        raise ConfigError("ref_model", None, f"a reference model: {what} compares the policy with pi_ref")
+    model.eval()
+    device = next(model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    frames: list[pd.DataFrame] = []
+    total = len(pairs)
+    for start in range(0, total, cfg.batch_size):
+        chunk = pairs[start : start + cfg.batch_size]
+        seqs = [s for p in chunk for s in encode_pair(
+            tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)]
+        batch = collate(seqs, pad, cfg.padding_side).to(device)
+        scores = _score_batch(model, tokenizer, batch, names, cfg, ref_model)
+        frames.append(_rows(chunk, seqs, batch, scores))
+        if progress is not None:
+            progress(min(start + cfg.batch_size, total), total)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    df = validate(df)
+    df.attrs[PROVENANCE_KEY] = _provenance(model, provenance_model, model_id, names, cfg, ref_model, data_info)
+    return df
+
+
+MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+
+
+def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg: AttributionConfig,
+                 ref_model: Any | None) -> MethodScores:
+    """(scores (B, L), target values (B,) or None, convergence delta (B,) or None) per method."""
+    B = batch.input_ids.shape[0]
+    sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(B)], device=batch.input_ids.device)
+    ref_tok = None
+    ref_seq = torch.zeros(B, device=batch.input_ids.device)
+    if ref_model is not None:
+        with torch.inference_mode():
+            ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids, use_cache=False).logits
+            ref_tok = token_logps(ref_logits, batch.input_ids) * batch.response_mask  # (B, L)
+            ref_seq = ref_tok.sum(-1)
+            del ref_logits
+    scale = cfg.beta if ref_model is not None else 1.0
+
+    def target_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda logits: target_value(name, logits, batch.input_ids, batch.attention_mask,
+                                           batch.response_mask, sign, ref_seq, scale)
+
+    grads: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def grad_for(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if name not in grads:
+            grads[name] = embedding_gradients(model, batch, target_fn(name))
+        return grads[name]
+
+    out: MethodScores = {}
+    for m in names:
+        if m == "gradient":
+            g, _, v = grad_for(cfg.target)
+            out[m] = (gradient_norm(g, cfg.norm), v, None)
+        elif m == "grad_x_input":
+            g, e, v = grad_for(cfg.target)
+            out[m] = (grad_x_input(g, e), v, None)
+        elif m == "tidpo":
+            g, _, v = grad_for("max_logit")
+            span = batch.response_mask if cfg.span == "response" else batch.attention_mask.bool()
+            w = hybrid_weights(gradient_norm(g, "l1"), span, lam=cfg.lam, sigma_divisor=cfg.sigma_divisor,
+                               scale=cfg.weight_scale)  # type: ignore[arg-type]
+            out[m] = (w, v, None)
+        elif m == "integrated_gradients":
+            s, fx, _, delta = integrated_gradients(
+                model, tokenizer, batch, target=cfg.target, sign=sign, ref_logp=ref_seq, reward_scale=scale,
+                n_steps=cfg.n_steps, method=cfg.ig_method, baseline=cfg.ig_baseline, span=cfg.ig_span,
+                internal_batch_size=cfg.internal_batch_size)
+            out[m] = (s, fx, delta)
+        elif m == "attention":
+            out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
+        elif m == "implicit_reward":
+            assert ref_tok is not None
+            with torch.inference_mode():
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).logits
+                pol = token_logps(logits, batch.input_ids) * batch.response_mask
+            r = cfg.beta * (pol - ref_tok)  # (B, L)
+            out[m] = (r, r.sum(-1), None)
+    return out
+
+
+def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: Batch,
+          scores: MethodScores) -> pd.DataFrame:
+    """Unpad each sequence and lay its tokens out once per method."""
+    parts = []
+    for b, seq in enumerate(seqs):
+        pair, side = chunk[b // 2], SIDES[b % 2]
+        n, off = len(seq), batch.offsets[b]
+        in_resp = np.arange(n) >= seq.response_start
+        base = {
+            "pair_id": pair.id, "side": side, "position": np.arange(n), "token_id": np.asarray(seq.input_ids),
+            "token": seq.tokens, "text": [seq.token_text(i) for i in range(n)],
+            "char_start": [s for s, _ in seq.char_spans], "char_end": [e for _, e in seq.char_spans],
+            "in_response": in_resp,
+        }
+        for m, (s, value, delta) in scores.items():
+            sc = s[b, off : off + n].detach().float().cpu().numpy().astype(np.float64)
+            mag = np.abs(np.where(in_resp, sc, 0.0))
+            total = mag.sum()
+            weight = np.where(in_resp, mag / total if total > 0 else np.nan, np.nan)
+            parts.append(pd.DataFrame({
+                **base, "method": m, "score": sc, "weight": weight,
+                "target_value": float(value[b]) if value is not None else np.nan,
+                "convergence_delta": float(delta[b]) if delta is not None else np.nan,
+            }))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names: list[str],
+                cfg: AttributionConfig, ref_model: Any | None, data_info: dict[str, Any] | None) -> dict[str, Any]:
+    from tiviz import __version__
+
+    targets = {m: (cfg.target if METHODS[m].uses_target else
+                   "max_logit" if m == "tidpo" else None) for m in names}
+    prov: dict[str, Any] = {
+        "model_id": model_id or loaded.get("model_id") or getattr(model.config, "name_or_path", "") or "unknown",
+        "model_revision": loaded.get("model_revision"),
+        "methods": names,
+        "target": cfg.target,
+        "method_targets": targets,
+        "settings": cfg.to_dict(),
+        "reference_model": getattr(getattr(ref_model, "config", None), "name_or_path", None) if ref_model else None,
+        "tiviz_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if data_info:
+        prov["data"] = data_info
+    if "implicit_reward" in names:
+        prov["notes"] = ["implicit_reward is all zeros while the policy equals its reference (before training)"]
+    return prov

@@ -1,0 +1,81 @@
+"""Integrated gradients over the input embeddings, through Captum, with a per-sequence convergence delta.
+
+The baseline replaces the embeddings of the attributed span (the response by default) by one reference embedding
+(the pad token's by default) and keeps every other position as it is. Measured on SmolLM2-135M (logprob target,
+16 steps): replacing the whole sequence, chat-template tokens and attention sink included, leaves a convergence
+delta several times |f(x) - f(baseline)|; replacing the response alone leaves about 1 %. Prompt tokens then get
+zero attribution by construction; `span="full"` replaces them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tiviz.attribution.gradient import embed, forward_logits, frozen_parameters
+from tiviz.attribution.targets import target_value
+from tiviz.tokenization import Batch
+
+
+def baseline_embeddings(model: Any, batch: Batch, kind: str, tokenizer: Any, span: str = "response") -> torch.Tensor:
+    """Baseline (B, L, H): on the span, a reference token's embedding (pad, unk), zeros, or the vocabulary's mean
+    embedding; elsewhere (and on padding) the input itself."""
+    emb = embed(model, batch.input_ids)  # (B, L, H)
+    table = model.get_input_embeddings().weight.detach()  # (V, H)
+    if kind == "zero":
+        ref = torch.zeros_like(emb[0, 0])
+    elif kind == "mean":
+        ref = table.mean(0)
+    else:
+        tid = tokenizer.pad_token_id if kind == "pad" else tokenizer.unk_token_id
+        if tid is None:
+            tid = tokenizer.eos_token_id
+        ref = table[int(tid)]
+    span_mask = batch.response_mask if span == "response" else batch.attention_mask.bool()
+    valid = span_mask.unsqueeze(-1)  # (B, L, 1)
+    return torch.where(valid, ref.expand_as(emb), emb)
+
+
+def integrated_gradients(
+    model: Any,
+    tokenizer: Any,
+    batch: Batch,
+    *,
+    target: str,
+    sign: torch.Tensor,
+    ref_logp: torch.Tensor,
+    reward_scale: float,
+    n_steps: int = 16,
+    method: str = "gausslegendre",
+    baseline: str = "pad",
+    span: str = "response",
+    internal_batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IG attributions summed over the hidden dimension.
+
+    Returns:
+        scores (B, L) signed, target values f(x) (B,), f(baseline) (B,), convergence delta (B,)
+        = sum_i scores_i - (f(x) - f(baseline)) (Captum's definition; completeness wants it near 0).
+    """
+    from captum.attr import IntegratedGradients
+
+    def forward(emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                input_ids: torch.Tensor, response_mask: torch.Tensor, sgn: torch.Tensor,
+                ref: torch.Tensor) -> torch.Tensor:
+        logits = forward_logits(model, emb, attention_mask, position_ids)
+        return target_value(target, logits, input_ids, attention_mask, response_mask, sgn, ref, reward_scale)
+
+    inputs = embed(model, batch.input_ids)
+    base = baseline_embeddings(model, batch, baseline, tokenizer, span)
+    extra = (batch.attention_mask, batch.position_ids, batch.input_ids, batch.response_mask, sign, ref_logp)
+    ig = IntegratedGradients(forward)
+    with frozen_parameters(model):
+        attr, delta = ig.attribute(
+            inputs, baselines=base, additional_forward_args=extra, n_steps=n_steps, method=method,
+            internal_batch_size=max(internal_batch_size, inputs.shape[0]), return_convergence_delta=True,
+        )
+        with torch.no_grad():
+            f_x = forward(inputs, *extra)
+            f_b = forward(base, *extra)
+    return attr.float().sum(-1).detach(), f_x.detach(), f_b.detach(), delta.detach()

@@ -1,0 +1,59 @@
+"""The attribution methods, picked by string id from one plain dict (as inseq does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiviz.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    description: str
+    signed: bool  # scores can be negative
+    needs_reference: bool  # needs a reference model pi_ref
+    uses_target: bool  # explains the configured target (else a fixed one, or none)
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("gradient", "norm (L1 or L2) of the target's gradient w.r.t. each input embedding", False,
+                   False, True),
+        MethodInfo("grad_x_input", "gradient times input embedding, summed over the hidden dimension", True,
+                   False, True),
+        MethodInfo("integrated_gradients", "integrated gradients over the embeddings (Captum), with a "
+                   "convergence delta per sequence", True, False, True),
+        MethodInfo("attention", "attention received by each token (last layer, all layers, or rollout)",
+                   False, False, False),
+        MethodInfo("tidpo", "TI-DPO hybrid weights: L1 gradient of the max final logit, normalised, mixed "
+                   "with a Gaussian prior, mean 1 over the span", False, False, False),
+        MethodInfo("implicit_reward", "per-token implicit reward beta * (log pi - log pi_ref); all zeros "
+                   "while the policy equals its reference", True, True, False),
+    )
+}
+DEFAULT_METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "attention", "tidpo")
+
+
+def list_methods() -> list[str]:
+    """The method ids `attribute` accepts."""
+    return list(METHODS)
+
+
+def resolve_methods(methods: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Parse 'a,b' or a list into known method ids (order kept, duplicates dropped); 'all' means every one."""
+    if methods is None:
+        return list(DEFAULT_METHODS)
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    if names == ["all"]:
+        return list_methods()
+    out: list[str] = []
+    for m in names:
+        if m not in METHODS:
+            raise ConfigError("methods", m, ", ".join(METHODS))
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ConfigError("methods", methods, ", ".join(METHODS))
+    return out

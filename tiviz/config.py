@@ -1,0 +1,90 @@
+"""Attribution settings: one dataclass, validated on creation, with help text that drives the CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from tiviz.errors import ConfigError
+
+Norm = Literal["l1", "l2"]
+IGBaseline = Literal["pad", "unk", "zero", "mean"]
+IGMethod = Literal["gausslegendre", "riemann_trapezoid", "riemann_middle"]
+AttentionAgg = Literal["last_layer", "all_layers", "rollout"]
+Span = Literal["response", "full"]
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "target": ("max_logit", "logprob", "reward", "margin"),
+    "norm": ("l1", "l2"),
+    "ig_baseline": ("pad", "unk", "zero", "mean"),
+    "ig_span": ("response", "full"),
+    "ig_method": ("gausslegendre", "riemann_trapezoid", "riemann_middle"),
+    "attention_agg": ("last_layer", "all_layers", "rollout"),
+    "span": ("response", "full"),
+    "weight_scale": ("mean1", "sum1"),
+    "truncation_mode": ("keep_end", "keep_start"),
+    "padding_side": ("left", "right"),
+}
+
+
+@dataclass
+class AttributionConfig:
+    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (shared/TI-DPO.md) and Captum."""
+
+    target: str = field(default="logprob", metadata={"help": "what the gradient methods explain: max_logit "
+                        "(TI-DPO Eq. 4), logprob (response log-likelihood), reward (implicit reward, needs a "
+                        "reference), margin (chosen minus rejected)"})
+    norm: str = field(default="l1", metadata={"help": "norm of the embedding gradient for `gradient`"})
+    n_steps: int = field(default=32, metadata={"help": "integrated gradients: quadrature points"})
+    ig_method: str = field(default="gausslegendre", metadata={"help": "integrated gradients: quadrature rule"})
+    ig_baseline: str = field(default="pad", metadata={"help": "integrated gradients baseline: the pad token's "
+                             "embedding at every position (pad), the unk token's, zeros, or the mean embedding"})
+    ig_span: str = field(default="response", metadata={"help": "integrated gradients: tokens replaced by the "
+                         "baseline, response (prompt kept) or full"})
+    internal_batch_size: int = field(default=32, metadata={"help": "integrated gradients: sequences x steps "
+                                     "per forward (bounds memory)"})
+    attention_agg: str = field(default="last_layer", metadata={"help": "attention: last_layer (mean over heads),"
+                               " all_layers (mean over layers and heads), or rollout"})
+    lam: float = field(default=0.7, metadata={"help": "tidpo: weight of gradient importance vs the Gaussian "
+                       "prior (lambda)"})
+    sigma_divisor: float = field(default=4.0, metadata={"help": "tidpo: prior sigma = T / sigma_divisor"})
+    span: str = field(default="response", metadata={"help": "tidpo: tokens weighted, response or full"})
+    weight_scale: str = field(default="mean1", metadata={"help": "tidpo: rescale weights to mean 1 or sum 1"})
+    beta: float = field(default=0.1, metadata={"help": "implicit reward scale beta"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per forward (both sides of a pair always go "
+                            "together)"})
+    max_length: int = field(default=512, metadata={"help": "longest sequence in tokens; longer ones are cut "
+                            "with a warning"})
+    truncation_mode: str = field(default="keep_end", metadata={"help": "keep_end drops the prompt's start, "
+                                 "keep_start drops the response's end"})
+    padding_side: str = field(default="right", metadata={"help": "padding side inside a batch"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(name, value, ", ".join(map(repr, allowed)))
+        for name in ("n_steps", "internal_batch_size", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(name, value, "an integer >= 1")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("lam", self.lam, "a number in [0, 1]")
+        if not self.sigma_divisor > 0:
+            raise ConfigError("sigma_divisor", self.sigma_divisor, "a number > 0")
+        if not self.beta > 0:
+            raise ConfigError("beta", self.beta, "a number > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttributionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], data[unknown[0]], "one of " + ", ".join(sorted(known)))
+        return cls(**data)

@@ -1,0 +1,207 @@
+"""Prompt + response tokenised together, keeping the response span and each token's character span, so that
+scores map back onto the original text (multi-byte characters and emoji included).
+
+The prompt is rendered with the tokenizer's chat template when it has one, and tokenised apart from the response
+(as TRL does), so the response span is exact. Character spans are made contiguous: each token owns the text from
+the previous token's end to its own end, so joining the spans of a segment gives back its text exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tiviz.data import PreferencePair, Text, message_text
+from tiviz.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+TruncationMode = Literal["keep_end", "keep_start"]
+PaddingSide = Literal["left", "right"]
+Side = Literal["chosen", "rejected"]
+SIDES: tuple[Side, Side] = ("chosen", "rejected")
+
+
+@dataclass
+class EncodedSequence:
+    """One tokenised prompt + response.
+
+    `char_spans[i]` indexes `prompt_text` for prompt tokens (i < response_start) and `response_text` for response
+    tokens. `truncated` counts the tokens cut to fit `max_length`.
+    """
+
+    input_ids: list[int]
+    response_start: int
+    prompt_text: str
+    response_text: str
+    tokens: list[str]
+    char_spans: list[tuple[int, int]]
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_response(self) -> int:
+        return len(self.input_ids) - self.response_start
+
+    def token_text(self, i: int) -> str:
+        """The original text owned by token i (may be empty for special tokens or split characters)."""
+        s, e = self.char_spans[i]
+        return (self.response_text if i >= self.response_start else self.prompt_text)[s:e]
+
+
+@dataclass
+class Batch:
+    """Padded tensors for a list of sequences; `position_ids` follow the mask so padding side is invisible."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (B, L)
+    response_mask: torch.Tensor  # (B, L) bool
+    offsets: list[int]  # per row: index in the padded row of the sequence's token 0
+
+    def to(self, device: Any) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+            self.response_mask.to(device), self.offsets,
+        )
+
+
+def render_prompt(tokenizer: Any, prompt: Text, *, use_chat_template: bool | None = None) -> tuple[str, bool]:
+    """The prompt as the model sees it; returns (text, whether a chat template was applied)."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if use_chat_template is None:
+        use_chat_template = has_template
+    if isinstance(prompt, list):
+        if not has_template:
+            raise DataError(
+                "conversational pairs need a tokenizer with a chat template", field="prompt",
+                fix="use a chat model, or give the prompt as plain text",
+            )
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), True
+    if use_chat_template and has_template:
+        messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), True
+    return prompt, False
+
+
+def contiguous_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """Make raw tokenizer offsets contiguous and covering [0, length): token i owns [end_{i-1}, max(end_i, .))."""
+    spans = []
+    prev = 0
+    for _, end in offsets:
+        end = min(max(end, prev), length)
+        spans.append((prev, end))
+        prev = end
+    if spans:
+        spans[-1] = (spans[-1][0], length)
+    return spans
+
+
+def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    if not text:
+        return [], []
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def encode(
+    tokenizer: Any,
+    prompt: Text,
+    response: Text,
+    *,
+    max_length: int | None = None,
+    truncation_mode: TruncationMode = "keep_end",
+    add_eos: bool = True,
+    use_chat_template: bool | None = None,
+    label: str = "",
+) -> EncodedSequence:
+    """Tokenise prompt and response together.
+
+    Args:
+        tokenizer: a fast (offset-capable) Hugging Face tokenizer.
+        prompt, response: text or chat messages (TRL's standard or conversational schema).
+        max_length: int | None; longer sequences are cut with a warning saying how many tokens went.
+        truncation_mode: "keep_end" (default, drop from the prompt's start) or "keep_start" (drop the end).
+        add_eos: append the EOS token to the response (as TRL does), default True.
+        label: how to name the sequence in the truncation warning.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("tokenizer", type(tokenizer).__name__, "a fast tokenizer (character offsets needed)")
+    if truncation_mode not in ("keep_end", "keep_start"):
+        raise ConfigError("truncation_mode", truncation_mode, "'keep_end', 'keep_start'")
+    prompt_text, templated = render_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
+    response_text = message_text(response)
+    p_ids, p_off = _tokenize(tokenizer, prompt_text, add_special_tokens=not templated)
+    r_ids, r_off = _tokenize(tokenizer, response_text, add_special_tokens=False)
+    p_spans = contiguous_spans(p_off, len(prompt_text))
+    r_spans = contiguous_spans(r_off, len(response_text))
+    if add_eos and tokenizer.eos_token_id is not None:
+        r_ids.append(tokenizer.eos_token_id)
+        r_spans.append((len(response_text), len(response_text)))
+    ids = p_ids + r_ids
+    spans = p_spans + r_spans
+    start = len(p_ids)
+    cut = 0
+    if max_length is not None and len(ids) > max_length:
+        cut = len(ids) - max_length
+        if truncation_mode == "keep_end":
+            ids, spans = ids[cut:], spans[cut:]
+            start = max(start - cut, 0)
+        else:
+            ids, spans = ids[:max_length], spans[:max_length]
+            start = min(start, max_length)
+        log.warning(
+            "%s: sequence of %d tokens truncated to max_length=%d (%d tokens cut from the %s)",
+            label or "sequence", len(ids) + cut, max_length, cut,
+            "start" if truncation_mode == "keep_end" else "end",
+        )
+    return EncodedSequence(
+        input_ids=ids, response_start=start, prompt_text=prompt_text, response_text=response_text,
+        tokens=tokenizer.convert_ids_to_tokens(ids), char_spans=spans, truncated=cut,
+    )
+
+
+def encode_pair(
+    tokenizer: Any, pair: PreferencePair, **kwargs: Any
+) -> tuple[EncodedSequence, EncodedSequence]:
+    """Encode both sides of a pair with the same prompt; kwargs as in `encode`."""
+    return tuple(  # type: ignore[return-value]
+        encode(tokenizer, pair.prompt, pair.response(side), label=f"pair {pair.id!r} ({side})", **kwargs)
+        for side in SIDES
+    )
+
+
+def collate(seqs: list[EncodedSequence], pad_token_id: int, padding_side: PaddingSide = "right") -> Batch:
+    """Pad sequences into one batch; position ids count valid tokens only, so left and right padding agree."""
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ConfigError("padding_side", padding_side, "'left', 'right'")
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    response_mask = torch.zeros((B, L), dtype=torch.bool)
+    offsets = []
+    for b, s in enumerate(seqs):
+        off = L - len(s) if padding_side == "left" else 0
+        offsets.append(off)
+        input_ids[b, off : off + len(s)] = torch.tensor(s.input_ids, dtype=torch.long)
+        attention_mask[b, off : off + len(s)] = 1
+        response_mask[b, off + s.response_start : off + len(s)] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # (B, L)
+    return Batch(input_ids, attention_mask, position_ids, response_mask, offsets)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used for padding: the pad token, else EOS, else 0."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
