@@ -216,10 +216,15 @@ def _from_folder(folder: Path, kwargs: dict[str, Any], model_id: str, source: st
     ggufs = sorted(folder.glob("*.gguf"))
     if not (folder / "config.json").exists() and ggufs:
         return _from_gguf(ggufs[0], kwargs, model_id=model_id)
+    if not (folder / "config.json").exists() or not any(folder.glob("*.safetensors")):
+        raise ModelError(
+            f"{folder}: not a model folder. Fix: the folder needs config.json and *.safetensors weights "
+            "(tiviz loads safetensors only, never pickled .bin files)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ModelError(
             f"{folder}: cannot load a model ({err}). Fix: the folder needs config.json and *.safetensors "
             "(tiviz loads safetensors only)"

@@ -58,7 +58,7 @@ def tiny_model(seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2, att
         max_position_embeddings=1024,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=2,
+        pad_token_id=None,  # else nn.Embedding zeroes EOS's row (id 2 pads too), a kink for gradient checks
         tie_word_embeddings=True,
         attn_implementation=attn,
     )

@@ -61,10 +61,11 @@ def embedding_gradients(
 
 def gradient_norm(grad: torch.Tensor, norm: str = "l1") -> torch.Tensor:
     """`||d f / d e_i||` per token, (B, L): L1 (TI-DPO Eq. 5, default) or L2."""
-    g = grad.float()
+    g = grad.to(torch.promote_types(grad.dtype, torch.float32))
     return g.abs().sum(-1) if norm == "l1" else g.norm(dim=-1)
 
 
 def grad_x_input(grad: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """Signed `sum_h (d f / d e_ih) * e_ih` per token, (B, L): a first-order estimate of each token's share."""
-    return (grad.float() * emb.float()).sum(-1)
+    dtype = torch.promote_types(grad.dtype, torch.float32)
+    return (grad.to(dtype) * emb.to(dtype)).sum(-1)

@@ -23,9 +23,11 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         logits: (B, L, V) model outputs.
         input_ids: (B, L) the tokens scored.
     Returns:
-        (B, L) float32; entry t is the log-prob of input_ids[:, t] under logits[:, t-1].
+        (B, L) at least float32; entry t is the log-prob of input_ids[:, t] under logits[:, t-1].
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)
+    work = logits[:, :-1]
+    work = work.to(torch.promote_types(work.dtype, torch.float32))  # bf16/fp16 up to fp32; fp64 stays
+    logp = torch.log_softmax(work, dim=-1)  # (B, L-1, V)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, L-1)
     return torch.nn.functional.pad(picked, (1, 0), value=0.0)  # (B, L)
 

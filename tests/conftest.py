@@ -1,0 +1,31 @@
+"""Shared fixtures: the tiny deterministic model for unit tests, the real default model for integration tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiviz.data import load_pairs
+from tiviz.testing import tiny_model, tiny_pairs, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture()
+def model():
+    return tiny_model(seed=0)
+
+
+@pytest.fixture()
+def pairs():
+    return load_pairs(tiny_pairs())
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The real offline default model (SmolLM2-135M-Instruct), loaded once per session."""
+    from tiviz.models import load_model
+
+    return load_model()
