@@ -150,3 +150,22 @@ def test_unknown_method_and_bad_settings(tok, pairs, model):
         attribute(model, pairs, ["saliency_maps"], tokenizer=tok)
     with pytest.raises(ConfigError, match="n_steps"):
         attribute(model, pairs, ["gradient"], tokenizer=tok, n_steps=0)
+
+
+def test_integrated_gradients_refines_only_incomplete_sequences(tok, pairs):
+    model = tiny_model().double()
+
+    def rel_errors(**kw):
+        df = attribute(model, pairs, ["integrated_gradients"], tokenizer=tok, n_steps=2, **kw)
+        g = df.groupby(["pair_id", "side"]).agg(total=("score", "sum"), delta=("convergence_delta", "first"))
+        return (g.delta.abs() / (g.total - g.delta).abs()), df
+
+    coarse, coarse_df = rel_errors(ig_tolerance=0)
+    refined, refined_df = rel_errors(ig_tolerance=0.01, ig_max_steps=64)
+    assert coarse.max() > 0.01  # two steps are not enough somewhere, so refinement has work to do
+    assert refined.max() <= 0.01
+    done_at_2 = coarse[coarse <= 0.01].index
+    for pid, side in done_at_2:  # sequences complete at 2 steps keep their 2-step scores
+        a = coarse_df[(coarse_df.pair_id == pid) & (coarse_df.side == side)].score.to_numpy()
+        b = refined_df[(refined_df.pair_id == pid) & (refined_df.side == side)].score.to_numpy()
+        np.testing.assert_allclose(a, b)

@@ -35,7 +35,11 @@ class AttributionConfig:
                         "(TI-DPO Eq. 4), logprob (response log-likelihood), reward (implicit reward, needs a "
                         "reference), margin (chosen minus rejected)"})
     norm: str = field(default="l1", metadata={"help": "norm of the embedding gradient for `gradient`"})
-    n_steps: int = field(default=32, metadata={"help": "integrated gradients: quadrature points"})
+    n_steps: int = field(default=16, metadata={"help": "integrated gradients: quadrature points to start with"})
+    ig_tolerance: float = field(default=0.05, metadata={"help": "integrated gradients: a sequence whose "
+                                "|convergence delta| exceeds this share of |f(x) - f(baseline)| is recomputed "
+                                "with twice the steps (0 = never)"})
+    ig_max_steps: int = field(default=64, metadata={"help": "integrated gradients: most steps per sequence"})
     ig_method: str = field(default="gausslegendre", metadata={"help": "integrated gradients: quadrature rule"})
     ig_baseline: str = field(default="pad", metadata={"help": "integrated gradients baseline: the pad token's "
                              "embedding at every position (pad), the unk token's, zeros, or the mean embedding"})
@@ -67,7 +71,7 @@ class AttributionConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(name, value, ", ".join(map(repr, allowed)))
-        for name in ("n_steps", "internal_batch_size", "batch_size", "max_length"):
+        for name in ("n_steps", "ig_max_steps", "internal_batch_size", "batch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, value, "an integer >= 1")
@@ -75,6 +79,8 @@ class AttributionConfig:
             raise ConfigError("lam", self.lam, "a number in [0, 1]")
         if not self.sigma_divisor > 0:
             raise ConfigError("sigma_divisor", self.sigma_divisor, "a number > 0")
+        if not self.ig_tolerance >= 0:
+            raise ConfigError("ig_tolerance", self.ig_tolerance, "a number >= 0")
         if not self.beta > 0:
             raise ConfigError("beta", self.beta, "a number > 0")
 

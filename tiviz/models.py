@@ -46,7 +46,7 @@ class LoadedModel:
 
 def cache_dir() -> Path:
     """Where tiviz keeps converted models and on-disk results: $TIVIZ_CACHE_DIR or ~/.cache/tiviz."""
-    return Path(os.environ.get("TIVIZ_CACHE_DIR", Path.home() / ".cache" / "tiviz"))
+    return Path(os.environ.get("TIVIZ_CACHE_DIR") or Path.home() / ".cache" / "tiviz")
 
 
 def default_gguf_path() -> Path:

@@ -141,7 +141,8 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
             s, fx, _, delta = integrated_gradients(
                 model, tokenizer, batch, target=cfg.target, sign=sign, ref_logp=ref_seq, reward_scale=scale,
                 n_steps=cfg.n_steps, method=cfg.ig_method, baseline=cfg.ig_baseline, span=cfg.ig_span,
-                internal_batch_size=cfg.internal_batch_size)
+                internal_batch_size=cfg.internal_batch_size, tolerance=cfg.ig_tolerance,
+                max_steps=cfg.ig_max_steps)
             out[m] = (s, fx, delta)
         elif m == "attention":
             out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
