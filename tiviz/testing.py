@@ -48,7 +48,7 @@ def tiny_model(seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2, att
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=259,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,

@@ -82,7 +82,7 @@ def attribute(
         chunk = pairs[start : start + cfg.batch_size]
         seqs = [s for p in chunk for s in encode_pair(
             tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)]
-        batch = collate(seqs, pad, cfg.padding_side).to(device)
+        batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
         scores = _score_batch(model, tokenizer, batch, names, cfg, ref_model)
         frames.append(_rows(chunk, seqs, batch, scores))
         if progress is not None:

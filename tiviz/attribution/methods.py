@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tiviz.errors import ConfigError
@@ -41,7 +42,7 @@ def list_methods() -> list[str]:
     return list(METHODS)
 
 
-def resolve_methods(methods: str | list[str] | tuple[str, ...] | None) -> list[str]:
+def resolve_methods(methods: str | Sequence[str] | None) -> list[str]:
     """Parse 'a,b' or a list into known method ids (order kept, duplicates dropped); 'all' means every one."""
     if methods is None:
         return list(DEFAULT_METHODS)
