@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,12 @@ OnError = Literal["raise", "skip"]
 REQUIRED = ("prompt", "chosen", "rejected")
 OPTIONAL = ("id", "rationale_chosen", "rationale_rejected")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# JSON strings may hold U+2028, U+2029, U+0085, \v, \f raw, so JSONL lines end at \n, \r\n or \r only
+# (str.splitlines would also split at those and break valid records apart).
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# The csv module refuses fields over 128 KiB by default; long responses are legitimate.
+_CSV_FIELD_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ def load_pairs(
         path = Path(source)
         label = str(path)
         rows: Iterator[tuple[int | None, Any]] = _read_file(path)
-        where = "line"
+        where = "row" if path.suffix.lower() in (".json", ".parquet") else "line"
     else:
         label = name or "<memory>"
         rows = _read_memory(source)
@@ -114,7 +121,7 @@ def load_pairs(
             if pair.id in seen:
                 raise DataError(
                     f"duplicate id {pair.id!r} (first seen at {where} {seen[pair.id]})",
-                    source=label, line=lineno, field="id", fix="give every pair a unique id",
+                    source=label, line=lineno, field="id", fix="give every pair a unique id", unit=where,
                 )
             seen[pair.id] = lineno
             pairs.append(pair)
@@ -190,7 +197,7 @@ def _decode(data: bytes, label: str) -> str:
 
 
 def _read_jsonl(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_NEWLINE.split(text), start=1):
         if not line.strip():
             continue
         try:
@@ -200,6 +207,9 @@ def _read_jsonl(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
                 f"invalid JSON ({err.msg} at column {err.colno})", source=label, line=lineno,
                 fix="each line must be one JSON object",
             )
+        except (ValueError, RecursionError) as err:  # a 5000-digit number, [[[[...]]]] nested too deep
+            yield lineno, DataError(f"invalid JSON ({type(err).__name__}: {err})", source=label, line=lineno,
+                                    fix="each line must be one JSON object of text fields")
 
 
 def _read_json(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
@@ -207,6 +217,9 @@ def _read_json(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"invalid JSON ({err.msg})", source=label, line=err.lineno) from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"invalid JSON ({type(err).__name__}: {err})", source=label,
+                        fix="use a JSON list of objects with text fields") from None
     if isinstance(data, dict) and "pairs" in data:
         data = data["pairs"]
     if not isinstance(data, list):
@@ -215,12 +228,24 @@ def _read_json(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
 
 
 def _read_csv(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
+    previous_limit = csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    try:
+        yield from _read_csv_rows(text, label)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _read_csv_rows(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as err:
         raise DataError(f"cannot read the CSV header ({err})", source=label, line=1) from None
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"column {repeated[0]!r} appears {header.count(repeated[0])} times in the header",
+                        source=label, line=1, field=repeated[0], fix="give every column a distinct name")
     start = 2
     while True:
         try:
@@ -268,6 +293,9 @@ def _read_memory(source: Any) -> Iterator[tuple[int | None, Any]]:
         source = source.to_dict(orient="records")
     if isinstance(source, Mapping):
         raise DataError("expected a list of dicts, got one dict", fix="wrap it in a list")
+    if isinstance(source, bytes | bytearray) or not isinstance(source, Iterable):
+        raise DataError(f"expected a file path, a DataFrame or a list of dicts, got {type(source).__name__}",
+                        fix="pass a path to a .jsonl, .json, .csv or .parquet file, or a list of dicts")
     yield from enumerate(source)
 
 
@@ -278,10 +306,15 @@ def parse_record(raw: Any, *, source: str = "<memory>", line: int | None = None,
     """Validate one raw record and build a `PreferencePair`; raises `DataError` naming the field."""
 
     def fail(msg: str, fld: str | None = None, fix: str | None = None) -> DataError:
-        return DataError(msg, source=source, line=line, field=fld, fix=fix)
+        return DataError(msg, source=source, line=line, field=fld, fix=fix, unit=where)
 
     if not isinstance(raw, Mapping):
         raise fail(f"expected an object with prompt/chosen/rejected, got {type(raw).__name__}")
+    for key, value in raw.items():
+        bad = _find_surrogate(value)
+        if bad is not None:
+            raise fail(f"contains a lone surrogate U+{ord(bad):04X} (half of a UTF-16 pair, not a character)",
+                       str(key), "repair the text's encoding (a JSON '\\ud83d' escape needs its low half too)")
     values: dict[str, Text] = {}
     for key in REQUIRED:
         if key not in raw or raw[key] is None:
@@ -308,6 +341,21 @@ def parse_record(raw: Any, *, source: str = "<memory>", line: int | None = None,
         rationale_chosen=rationales["chosen"], rationale_rejected=rationales["rejected"],
         source=source, line=line, extra=extra,
     )
+
+
+def _find_surrogate(value: Any, depth: int = 0) -> str | None:
+    """The first lone surrogate in a string or a nested list/dict of strings, else None. Such text cannot be
+    encoded as UTF-8, so the tokenizer, Arrow and every writer would fail on it later with a library error."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return found.group() if found else None
+    if depth < 8 and isinstance(value, list | tuple | Mapping):
+        items = list(value.keys()) + list(value.values()) if isinstance(value, Mapping) else value
+        for item in items:
+            bad = _find_surrogate(item, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def _check_text(value: Any, key: str, fail: Any) -> Text:

@@ -18,13 +18,15 @@ class DataError(TivizError, ValueError):
         line: int | None = None,
         field: str | None = None,
         fix: str | None = None,
+        unit: str = "line",
     ) -> None:
         self.source = source
         self.line = line
         self.field = field
         self.fix = fix
         self.reason = message
-        super().__init__(format_location(message, source=source, line=line, field=field, fix=fix))
+        self.unit = unit
+        super().__init__(format_location(message, source=source, line=line, field=field, fix=fix, unit=unit))
 
 
 class ConfigError(TivizError, ValueError):
@@ -52,13 +54,18 @@ def format_location(
     line: int | None = None,
     field: str | None = None,
     fix: str | None = None,
+    unit: str = "line",
 ) -> str:
-    """Render 'FILE, line N, field F: message. Fix: ...' leaving out the parts that are unknown."""
+    """Render 'FILE, line N, field F: message. Fix: ...' leaving out the parts that are unknown.
+
+    `unit` names what `line` counts: "line" (1-based, text files) or "row" (0-based, in-memory lists, JSON
+    arrays and Parquet tables, where a line number would point at the wrong place).
+    """
     where = []
     if source is not None:
         where.append(str(source))
     if line is not None:
-        where.append(f"line {line}")
+        where.append(f"{unit} {line}")
     if field is not None:
         where.append(f"field {field!r}")
     text = f"{', '.join(where)}: {message}" if where else message

@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 import re
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (NUL included) and lone surrogates, which no UTF-8 writer can encode.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def escape_text(text: object) -> str:
@@ -13,6 +14,7 @@ def escape_text(text: object) -> str:
 
     `&`, `<`, `>`, `"` and `'` become entities, so no tag, attribute or entity in the text can take effect
     (script tags, event handlers, `javascript:` URLs inside an attribute stay inert text); control characters,
-    NUL included, become U+FFFD so browsers and XML tools see well-formed text.
+    NUL included, and lone surrogates become U+FFFD, so browsers and XML tools see well-formed text and the
+    page can always be written as UTF-8.
     """
     return _CONTROL.sub("\ufffd", html.escape("" if text is None else str(text), quote=True))

@@ -3,7 +3,9 @@ or JSON with the provenance (model, methods, target, settings, tiviz version) ca
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from tiviz.errors import TableError
 
 PROVENANCE_KEY = "tiviz"
 CSV_HEADER = "# tiviz-provenance: "
+CSV_ROWS = "# tiviz-rows: "  # second line of a tiviz CSV: a file cut short has fewer rows than it says
 
 COLUMNS: dict[str, str] = {
     "pair_id": "string",  # the pair's id
@@ -31,6 +34,10 @@ COLUMNS: dict[str, str] = {
     "convergence_delta": "float64",  # integrated gradients: sum(attr) - (f(x) - f(baseline)); else NaN
 }
 KEY = ["pair_id", "side", "position", "method"]
+# Columns that must hold a value in every row; NaN is meaningful only in the float columns (weight of a prompt
+# token, target of attention). A missing bool would otherwise be cast to True, a missing int fail obscurely.
+REQUIRED_VALUES = ("pair_id", "side", "position", "token_id", "token", "text", "char_start", "char_end",
+                   "in_response", "method")
 FORMATS = ("parquet", "csv", "json")
 
 
@@ -43,6 +50,19 @@ def validate(df: pd.DataFrame, *, source: str = "table") -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise TableError(f"{source}: missing column(s) {', '.join(missing)}. Fix: use a table written by tiviz")
+    for col in REQUIRED_VALUES:
+        empty = df[col].isna().to_numpy()
+        if empty.any():
+            raise TableError(f"{source}: column {col!r} is empty in {int(empty.sum())} row(s), first at row "
+                             f"{int(empty.argmax())}. Fix: use a complete table written by tiviz "
+                             "(was it cut short?)")
+    for col, dtype in COLUMNS.items():
+        if dtype == "int64" and pd.api.types.is_float_dtype(df[col]):
+            fractional = (df[col] % 1 != 0).to_numpy()
+            if fractional.any():  # astype would silently round 1.5 down to 1
+                row = int(fractional.argmax())
+                raise TableError(f"{source}: column {col!r} holds a non-integer ({float(df[col].iloc[row])!r} at "
+                                 f"row {row}). Fix: use a table written by tiviz")
     try:
         out = df.astype({c: t for c, t in COLUMNS.items()})
     except (ValueError, TypeError) as err:
@@ -66,28 +86,56 @@ def write_table(df: pd.DataFrame, path: str | Path, fmt: str | None = None) -> P
     fmt = fmt or _format_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prov = json.dumps(provenance(df), default=str)
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta.pop(b"pandas", None)  # attrs would also land there; keep one copy
-        meta[PROVENANCE_KEY.encode()] = prov.encode()
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-    elif fmt == "csv":
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(CSV_HEADER + prov + "\n")
-            df.to_csv(fh, index=False)
-    elif fmt == "json":
-        records = json.loads(df.to_json(orient="records", force_ascii=False))
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"provenance": json.loads(prov), "rows": records}, fh, ensure_ascii=False)
-    else:
+    if fmt not in FORMATS:
         raise TableError(f"{path}: unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}")
-    tmp.replace(path)
+    # Write beside the target under a name no other process uses, flush it to disk, then rename: a reader (or a
+    # run killed mid-write) sees the old file or the whole new one, never half of one.
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            meta = dict(table.schema.metadata or {})
+            meta.pop(b"pandas", None)  # attrs would also land there; keep one copy
+            meta[PROVENANCE_KEY.encode()] = prov.encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+            _fsync(tmp)
+        elif fmt == "csv":
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(CSV_HEADER + prov + "\n")
+                fh.write(f"{CSV_ROWS}{len(df)}\n")
+                # With "\r\n" as the row end, the csv writer quotes every cell holding a \r or a \n; with
+                # pandas' default "\n" a token owning a lone \r was written bare and split its row in two.
+                df.to_csv(fh, index=False, lineterminator="\r\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            records = json.loads(df.to_json(orient="records", force_ascii=False))
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"provenance": json.loads(prov), "rows": records}, fh, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent)
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's, after a rename) data to disk; a no-op where the OS cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
@@ -106,19 +154,24 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
             df = table.to_pandas()
         elif fmt == "csv":
             with open(path, encoding="utf-8", newline="") as fh:
-                first = fh.readline()
-                prov = json.loads(first[len(CSV_HEADER):]) if first.startswith(CSV_HEADER) else {}
-                if not first.startswith(CSV_HEADER):
-                    fh.seek(0)
-                df = pd.read_csv(fh, keep_default_na=False, na_values={"score": ["", "NaN"], "weight": ["", "NaN"],
-                                 "target_value": ["", "NaN"], "convergence_delta": ["", "NaN"]})
+                text = fh.read()
+            prov, expected_rows, body = _split_csv_header(text, path)
+            df = pd.read_csv(io.StringIO(body, newline=""), keep_default_na=False, na_values={
+                "score": ["", "NaN"], "weight": ["", "NaN"], "target_value": ["", "NaN"],
+                "convergence_delta": ["", "NaN"]})
+            if expected_rows is not None and len(df) != expected_rows:
+                raise TableError(f"{path}: has {len(df)} rows but was written with {expected_rows}. "
+                                 "Fix: the file was cut short or edited; write it again")
         elif fmt == "json":
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
             if not isinstance(data, dict) or "rows" not in data:
                 raise TableError(f"{path}: not a tiviz JSON table (no 'rows'). Fix: use a file written by tiviz")
             prov = data.get("provenance", {})
-            df = pd.DataFrame(data["rows"]) if data["rows"] else empty_table()
+            rows = data["rows"]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise TableError(f"{path}: 'rows' must be a list of objects. Fix: use a file written by tiviz")
+            df = pd.DataFrame(rows) if rows else empty_table()
         else:
             raise TableError(f"{path}: unknown format {fmt!r}. Fix: use one of {', '.join(FORMATS)}")
     except TableError:
@@ -127,9 +180,28 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
         raise TableError(f"{path}: cannot read as {fmt} ({type(err).__name__}: {err})") from None
     except Exception as err:  # pyarrow / pandas parse errors come in many types
         raise TableError(f"{path}: cannot read as {fmt} ({type(err).__name__}: {err})") from None
+    if not isinstance(prov, dict):
+        raise TableError(f"{path}: the provenance is a {type(prov).__name__}, not an object. "
+                         "Fix: use a file written by tiviz")
     df = validate(df, source=str(path))
     df.attrs[PROVENANCE_KEY] = prov
     return df
+
+
+def _split_csv_header(text: str, path: Path) -> tuple[Any, int | None, str]:
+    """(provenance, declared row count or None, the CSV body) of a CSV table; plain CSVs have neither line."""
+    prov: Any = {}
+    rows: int | None = None
+    if text.startswith(CSV_HEADER):
+        first, _, text = text.partition("\n")
+        prov = json.loads(first[len(CSV_HEADER):])
+        if text.startswith(CSV_ROWS):
+            second, _, text = text.partition("\n")
+            try:
+                rows = int(second[len(CSV_ROWS):])
+            except ValueError:
+                raise TableError(f"{path}: bad row count line {second!r}. Fix: use a file written by tiviz") from None
+    return prov, rows, text
 
 
 def _format_of(path: Path) -> str:

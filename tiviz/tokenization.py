@@ -9,6 +9,7 @@ the previous token's end to its own end, so joining the spans of a segment gives
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,7 @@ TruncationMode = Literal["keep_end", "keep_start"]
 PaddingSide = Literal["left", "right"]
 Side = Literal["chosen", "rejected"]
 SIDES: tuple[Side, Side] = ("chosen", "rejected")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass
@@ -103,9 +105,16 @@ def contiguous_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[
     return spans
 
 
-def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool, what: str,
+              label: str) -> tuple[list[int], list[tuple[int, int]]]:
     if not text:
         return [], []
+    bad = _SURROGATE.search(text)
+    if bad:  # the Rust tokenizer rejects these with a TypeError that names nothing
+        raise DataError(
+            f"has a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}", source=label or None,
+            field=what, fix="repair the text's encoding; a lone surrogate is not valid Unicode",
+        )
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
@@ -137,8 +146,8 @@ def encode(
         raise ConfigError("truncation_mode", truncation_mode, "'keep_end', 'keep_start'")
     prompt_text, templated = render_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
     response_text = message_text(response)
-    p_ids, p_off = _tokenize(tokenizer, prompt_text, add_special_tokens=not templated)
-    r_ids, r_off = _tokenize(tokenizer, response_text, add_special_tokens=False)
+    p_ids, p_off = _tokenize(tokenizer, prompt_text, add_special_tokens=not templated, what="prompt", label=label)
+    r_ids, r_off = _tokenize(tokenizer, response_text, add_special_tokens=False, what="response", label=label)
     p_spans = contiguous_spans(p_off, len(prompt_text))
     r_spans = contiguous_spans(r_off, len(response_text))
     if add_eos and tokenizer.eos_token_id is not None:

@@ -1,8 +1,10 @@
 """`attribute()`: every pair, both sides, every method, one tidy table.
 
-Both sides of a pair, and `batch_size` pairs, go through the model as one padded batch. Methods that share a
-target share one forward + backward (`gradient`, `grad_x_input`; `tidpo` shares it when the target is
-max_logit).
+Both sides of a pair, and up to `batch_size` pairs of similar length, go through the model as one padded batch
+of at most `TOKENS_PER_FORWARD` tokens (a single long pair may exceed it), so memory stays bounded for long
+sequences. The gradient methods share one forward: one backward per distinct target (`gradient` and
+`grad_x_input` explain the configured target, `tidpo` the max final logit), and the LM head runs only at the
+positions the targets read.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import pandas as pd
 import torch
 
 from tiviz.attribution.attention import attention_scores
-from tiviz.attribution.gradient import embedding_gradients, grad_x_input, gradient_norm
+from tiviz.attribution.gradient import grad_x_input, gradient_norm, shared_embedding_gradients
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
 from tiviz.attribution.methods import METHODS, resolve_methods
-from tiviz.attribution.targets import target_value, token_logps
+from tiviz.attribution.targets import target_positions, target_value_at, token_logps
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
 from tiviz.errors import ConfigError
@@ -30,6 +32,11 @@ from tiviz.tokenization import SIDES, Batch, EncodedSequence, collate, encode_pa
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+
+# Padded tokens (rows x length) per forward pass, for the batches of pairs and for integrated gradients' internal
+# batches (steps x rows). The default model keeps about 1.5 MB per token for the backward, so 1024 tokens hold
+# about 1.6 GB; on CPU a forward is no faster per token beyond a few hundred tokens.
+TOKENS_PER_FORWARD = 1024
 
 
 def attribute(
@@ -76,21 +83,44 @@ def attribute(
     model.eval()
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
-    frames: list[pd.DataFrame] = []
     total = len(pairs)
-    for start in range(0, total, cfg.batch_size):
-        chunk = pairs[start : start + cfg.batch_size]
-        seqs = [s for p in chunk for s in encode_pair(
-            tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)]
+    encoded = [encode_pair(tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)
+               for p in pairs]
+    frames: list[pd.DataFrame | None] = [None] * total
+    done = 0
+    for group in length_batches([max(len(s) for s in e) for e in encoded], cfg.batch_size, TOKENS_PER_FORWARD):
+        chunk = [pairs[i] for i in group]
+        seqs = [s for i in group for s in encoded[i]]
         batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
         scores = _score_batch(model, tokenizer, batch, names, cfg, ref_model)
-        frames.append(_rows(chunk, seqs, batch, scores))
+        for k, part in enumerate(_rows(chunk, seqs, batch, scores)):
+            frames[group[k]] = part
+        done += len(group)
         if progress is not None:
-            progress(min(start + cfg.batch_size, total), total)
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+            progress(done, total)
+    kept = [f for f in frames if f is not None]
+    df = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=list(COLUMNS))
     df = validate(df)
     df.attrs[PROVENANCE_KEY] = _provenance(model, provenance_model, model_id, names, cfg, ref_model, data_info)
     return df
+
+
+def length_batches(lengths: Sequence[int], max_pairs: int, max_tokens: int) -> list[list[int]]:
+    """Group pair indices into batches of similar length (less padding), in length order.
+
+    A batch holds at most `max_pairs` pairs and, unless it is a single pair, at most `max_tokens` padded tokens
+    (2 rows per pair x its longest side).
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (lengths[j], j)):
+        if current and (len(current) >= max_pairs or 2 * (len(current) + 1) * lengths[i] > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
@@ -99,7 +129,7 @@ MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor |
 def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg: AttributionConfig,
                  ref_model: Any | None) -> MethodScores:
     """(scores (B, L), target values (B,) or None, convergence delta (B,) or None) per method."""
-    B = batch.input_ids.shape[0]
+    B, L = batch.input_ids.shape
     sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(B)], device=batch.input_ids.device)
     ref_tok = None
     ref_seq = torch.zeros(B, device=batch.input_ids.device)
@@ -112,27 +142,20 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
             del ref_logits
     scale = cfg.beta if ref_model is not None else 1.0
 
-    def target_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda logits: target_value(name, logits, batch.input_ids, batch.attention_mask,
-                                           batch.response_mask, sign, ref_seq, scale)
-
-    grads: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def grad_for(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if name not in grads:
-            grads[name] = embedding_gradients(model, batch, target_fn(name))
-        return grads[name]
-
+    wanted = [cfg.target] if {"gradient", "grad_x_input"} & set(names) else []
+    if "tidpo" in names and "max_logit" not in wanted:
+        wanted.append("max_logit")
+    grads = _gradients(model, batch, wanted, sign, ref_seq, scale)
     out: MethodScores = {}
     for m in names:
         if m == "gradient":
-            g, _, v = grad_for(cfg.target)
+            g, _, v = grads[cfg.target]
             out[m] = (gradient_norm(g, cfg.norm), v, None)
         elif m == "grad_x_input":
-            g, e, v = grad_for(cfg.target)
+            g, e, v = grads[cfg.target]
             out[m] = (grad_x_input(g, e), v, None)
         elif m == "tidpo":
-            g, _, v = grad_for("max_logit")
+            g, _, v = grads["max_logit"]
             span = batch.response_mask if cfg.span == "response" else batch.attention_mask.bool()
             w = hybrid_weights(gradient_norm(g, "l1"), span, lam=cfg.lam, sigma_divisor=cfg.sigma_divisor,
                                scale=cfg.weight_scale)  # type: ignore[arg-type]
@@ -141,8 +164,8 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
             s, fx, _, delta = integrated_gradients(
                 model, tokenizer, batch, target=cfg.target, sign=sign, ref_logp=ref_seq, reward_scale=scale,
                 n_steps=cfg.n_steps, method=cfg.ig_method, baseline=cfg.ig_baseline, span=cfg.ig_span,
-                internal_batch_size=cfg.internal_batch_size, tolerance=cfg.ig_tolerance,
-                max_steps=cfg.ig_max_steps)
+                internal_batch_size=min(cfg.internal_batch_size, max(B, TOKENS_PER_FORWARD // L)),
+                tolerance=cfg.ig_tolerance, max_steps=cfg.ig_max_steps)
             out[m] = (s, fx, delta)
         elif m == "attention":
             out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
@@ -157,10 +180,33 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
     return out
 
 
+def _gradients(model: Any, batch: Batch, names: list[str], sign: torch.Tensor, ref_seq: torch.Tensor,
+               scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(grads (B, L, H), embeddings, values (B,)) per target name, all from one forward.
+
+    The LM head runs only at the union of the positions the targets read (response positions for logprob,
+    reward and margin; the last valid position for max_logit).
+    """
+    if not names:
+        return {}
+    spans = [target_positions(n, batch.attention_mask, batch.response_mask) for n in names]
+    positions = torch.cat([p for p, _ in spans], dim=1)  # (B, K1 + K2 + ...)
+    fns = []
+    start = 0
+    for name, (pos, valid) in zip(names, spans, strict=True):
+        cols = slice(start, start + pos.shape[1])
+        start += pos.shape[1]
+        fns.append(lambda lg, name=name, pos=pos, valid=valid, cols=cols: target_value_at(
+            name, lg[:, cols], pos, valid, batch.input_ids, sign, ref_seq, scale))
+    grads, emb, values = shared_embedding_gradients(model, batch, fns, positions)
+    return {n: (g, emb, v) for n, g, v in zip(names, grads, values, strict=True)}
+
+
 def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: Batch,
-          scores: MethodScores) -> pd.DataFrame:
-    """Unpad each sequence and lay its tokens out once per method."""
-    parts = []
+          scores: MethodScores) -> list[pd.DataFrame]:
+    """Unpad each sequence and lay its tokens out once per method; one frame per pair, in `chunk` order."""
+    parts: list[pd.DataFrame] = []
+    out: list[pd.DataFrame] = []
     for b, seq in enumerate(seqs):
         pair, side = chunk[b // 2], SIDES[b % 2]
         n, off = len(seq), batch.offsets[b]
@@ -181,7 +227,10 @@ def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: B
                 "target_value": float(value[b]) if value is not None else np.nan,
                 "convergence_delta": float(delta[b]) if delta is not None else np.nan,
             }))
-    return pd.concat(parts, ignore_index=True)
+        if b % 2 == 1:  # both sides of the pair are laid out
+            out.append(pd.concat(parts, ignore_index=True))
+            parts = []
+    return out
 
 
 def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names: list[str],

@@ -1,9 +1,17 @@
-"""`tiviz attribute`: attribute every pair of a dataset with the chosen methods, write one tidy table."""
+"""`tiviz attribute`: attribute every pair of a dataset with the chosen methods, write one tidy table.
+
+With `--shard-dir` the work is written shard by shard (a killed run resumes with `--resume`, losing at most
+the shard in progress), and under `accelerate launch` each process takes its share of the shards; rank 0
+merges them into `--out` once every process is done.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from tiviz.commands import add_dataclass_flags, dataclass_overrides
 from tiviz.config import AttributionConfig
@@ -25,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="attribute only the first N pairs")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad rows in the pairs file: stop (raise) or skip them with a warning")
+    p.add_argument("--shard-dir", default=None, metavar="DIR",
+                   help="write results shard by shard into DIR (resumable; split across `accelerate launch` "
+                   "processes), then merge them into --out")
+    p.add_argument("--shard-size", type=int, default=32, metavar="N", help="pairs per shard (default: 32)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --shard-dir: keep its finished shards, compute the rest")
     add_dataclass_flags(p, AttributionConfig)
     p.set_defaults(func=run)
 
@@ -39,9 +53,15 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
     methods = resolve_methods(args.methods)
+    if args.resume and not args.shard_dir:
+        from tiviz.errors import ConfigError
+
+        raise ConfigError("resume", True, "--resume only together with --shard-dir DIR")
     pairs = load_pairs(args.pairs, on_error=args.on_error)
     if args.limit:
         pairs = pairs[: args.limit]
+    if args.shard_dir:
+        return _run_sharded(args, cfg, methods, pairs)
     t0 = time.perf_counter()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     ref = None
@@ -61,3 +81,62 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
           f"in {elapsed:.1f} s ({elapsed / max(len(pairs), 1):.2f} s/pair)")
     return 0
+
+
+def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list[str], pairs: list[Any]) -> int:
+    from tqdm import tqdm
+
+    from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
+    from tiviz.data import file_sha256
+    from tiviz.errors import TableError
+    from tiviz.models import load_model
+    from tiviz.table import write_table
+
+    rank, world_size, barrier, device = _processes(args.device)
+    if not args.resume:
+        done = finished_shards(args.shard_dir)
+        if done:
+            raise TableError(f"{args.shard_dir}: already holds {len(done)} finished shard(s). Fix: pass --resume "
+                             "to continue that run, or choose an empty --shard-dir")
+    barrier()  # every process has looked at the folder before any writes to it
+    t0 = time.perf_counter()
+    loaded = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    ref = None
+    if args.ref_model:
+        ref = load_model(args.ref_model, device=device, dtype=args.dtype,
+                         trust_remote_code=args.trust_remote_code).model
+    bar = tqdm(total=None, unit="pair", desc=f"attributing (process {rank})", disable=rank != 0)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    run = attribute_to_dir(
+        loaded, pairs, methods, args.shard_dir, shard_size=args.shard_size, rank=rank, world_size=world_size,
+        ref_model=ref, config=cfg, progress=progress,
+        data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
+    )
+    bar.close()
+    print(f"process {rank}/{world_size}: computed {len(run.computed)} shard(s), skipped {len(run.skipped)} "
+          f"finished earlier, of {run.n_shards} in {args.shard_dir}")
+    barrier()  # every shard is on disk before rank 0 merges
+    if rank == 0:
+        df = merge_shards(args.shard_dir)
+        out = write_table(df, args.out)
+        elapsed = time.perf_counter() - t0
+        print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
+              f"in {elapsed:.1f} s")
+    return 0
+
+
+def _processes(device: str | None) -> tuple[int, int, Callable[[], None], str | None]:
+    """(rank, world size, barrier, device) under `accelerate launch` (or torchrun); (0, 1, no-op, device) when
+    one process runs. accelerate is imported only when several processes were launched. Without a GPU (or with
+    --device cpu) the processes talk over gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None, device
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone, device or str(state.device)

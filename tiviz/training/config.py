@@ -37,7 +37,7 @@ _POSITIVE_INTS = (
     "logging_steps",
     "lora_r",
 )
-_NON_NEGATIVE_INTS = ("anchor_top_k", "warmup_steps", "save_steps", "seed")
+_NON_NEGATIVE_INTS = ("anchor_top_k", "warmup_steps", "save_steps", "save_total_limit", "seed")
 _BOOLS = ("use_prior", "use_lora", "precompute_ref_logps")
 _FLOATS = (
     "beta",
@@ -49,6 +49,7 @@ _FLOATS = (
     "anchor_top_p",
     "anchor_temperature",
     "learning_rate",
+    "max_grad_norm",
     "lora_alpha",
     "lora_dropout",
 )
@@ -105,6 +106,9 @@ class TIDPOConfig:
     # Optimisation
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate (paper: not given)"})
     optimizer: Optimizer = field(default="adamw", metadata={"help": "optimizer: adamw or rmsprop"})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "clip the gradient norm to this value (TRL's default 1.0); 0 = no clipping"}
+    )
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
     lr_scheduler: LRScheduler = field(
         default="linear",
@@ -128,6 +132,9 @@ class TIDPOConfig:
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps to run; -1 = run num_epochs"})
     save_steps: int = field(
         default=500, metadata={"help": "checkpoint every N optimizer steps; 0 = only at the end"}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "checkpoints kept (the newest N; older ones deleted); 0 = keep all"}
     )
     logging_steps: int = field(default=10, metadata={"help": "log metrics every N optimizer steps"})
     # Model
@@ -185,7 +192,7 @@ class TIDPOConfig:
         for name in ("beta", "sigma_divisor", "anchor_temperature", "learning_rate", "lora_alpha"):
             if not getattr(self, name) > 0:  # also rejects NaN
                 raise ConfigError(name, getattr(self, name), "a number > 0")
-        for name in ("alpha_kl", "gamma", "margin"):
+        for name in ("alpha_kl", "gamma", "margin", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(name, getattr(self, name), "a number >= 0")
         if not 0.0 <= self.lam <= 1.0:

@@ -1,0 +1,26 @@
+"""Before / after: what a training run changed. For one pair, the token weights under the base model and the
+trained one, their difference, and the per-token implicit reward; across pairs, the weight distributions
+overlaid and the change in preference accuracy and margins."""
+
+import streamlit as st
+
+from app.app_pages import components as ui
+
+st.title("Before / after training")
+dataset, pair = ui.require_pair()
+run = ui.run_picker("ba_run")
+
+left, right = st.columns([2, 1])
+with left:
+    method = ui.method_picker("ba_method", reference=False)
+with right:
+    value = st.radio("Shade by", ["weight", "score"], key=ui.kept("ba_value"), horizontal=True)
+
+st.subheader(f"Pair {pair.id}")
+ui.show_prompt(pair)
+ui.show_before_after_pair(run, dataset, pair.id, method, value)
+
+st.subheader("Across the dataset")
+n = st.columns(4)[0].number_input("Pairs", 1, len(dataset.pairs), min(10, len(dataset.pairs)), key=ui.kept("ba_n"),
+                                  help="The first N pairs of the dataset, attributed under both models")
+ui.show_before_after_dataset(run, dataset, [p.id for p in dataset.subset(n)], method)

@@ -1,0 +1,444 @@
+"""What the app knows and computes: the datasets, the models, cached attributions and scores, per-session
+folders, and the guards on uploads and paths. No widgets here (those are in `app_pages/components.py`).
+
+Models are cached once per process with `st.cache_resource`, keyed by model id (or run folder and its time
+stamp). Attribution tables are cached per (model, data, pair ids, method, settings) in one process-wide LRU
+cache, so going back to a page, or asking for a method already computed on another page, is instant.
+Everything a session owns (its uploads, its training job) lives in `st.session_state` or in its own temporary
+folder, so two sessions never see each other's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
+from tiviz.errors import ConfigError, DataError
+from tiviz.models import DEFAULT_MODEL, LoadedModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "sample_data"
+SAMPLES: dict[str, str] = {
+    "sample: train": "train.jsonl",
+    "sample: test": "test.jsonl",
+    "sample: conversational": "conversational.jsonl",
+}
+UPLOAD = "upload a file…"
+UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
+TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
+RESULT_CACHE_ENTRIES = 256
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def base_model_id() -> str:
+    """The model the app inspects: $TIVIZ_APP_MODEL, default the offline SmolLM2-135M-Instruct."""
+    return os.environ.get("TIVIZ_APP_MODEL", "").strip() or DEFAULT_MODEL
+
+
+def runs_dir() -> Path:
+    """Where training runs live: $TIVIZ_RUNS_DIR, default `runs/` in the repository."""
+    env = os.environ.get("TIVIZ_RUNS_DIR", "").strip()
+    return (Path(env).expanduser() if env else REPO_ROOT / "runs").resolve()
+
+
+def max_upload_bytes() -> int:
+    """Largest upload accepted: $TIVIZ_APP_MAX_UPLOAD_MB megabytes (default 20)."""
+    try:
+        mb = float(os.environ.get("TIVIZ_APP_MAX_UPLOAD_MB", "20"))
+    except ValueError:
+        mb = 20.0
+    return int(mb * 1024 * 1024)
+
+
+def inside(root: Path, name: str, *, what: str = "name") -> Path:
+    """`root / name`, refusing any name that could leave `root` (separators, `..`, absolute paths, links out).
+
+    Raises:
+        ConfigError: naming the field and what is allowed.
+    """
+    allowed = f"a plain name (letters, digits, '.', '_', '-') inside {root}"
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+        raise ConfigError(what, name, allowed)
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ConfigError(what, name, allowed)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- session
+
+
+def session_id() -> str:
+    """A random id for this browser session (owner of its uploads and its training job)."""
+    if "_tiviz_session" not in st.session_state:
+        st.session_state["_tiviz_session"] = os.urandom(8).hex()
+    return str(st.session_state["_tiviz_session"])
+
+
+class SessionFolder:
+    """Owns a session's temporary folder and deletes it when the session's state is dropped (session end)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        weakref.finalize(self, shutil.rmtree, path, True)
+
+
+def session_dir() -> Path:
+    """This session's own temporary folder: uploads and exports are written here and nowhere else; it goes
+    away with the session."""
+    folder = st.session_state.get("_tiviz_tmp")
+    if not folder or not Path(folder).is_dir():
+        folder = tempfile.mkdtemp(prefix=f"tiviz-app-{session_id()}-")
+        st.session_state["_tiviz_tmp"] = folder
+        st.session_state["_tiviz_tmp_owner"] = SessionFolder(folder)
+    return Path(folder)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated set of pairs, with a content key for caches and the file it came from."""
+
+    name: str  # shown to the user
+    key: str  # sha256 of the file's bytes
+    path: str  # the file on disk (a sample, or the session's copy of an upload)
+    pairs: tuple[PreferencePair, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.pairs]
+
+    def pair(self, pair_id: str) -> PreferencePair:
+        for p in self.pairs:
+            if p.id == pair_id:
+                return p
+        raise KeyError(pair_id)
+
+    def subset(self, n: int) -> list[PreferencePair]:
+        """The first n pairs (in file order): the same subset on every page and in every session."""
+        return list(self.pairs[: max(1, int(n))])
+
+
+@st.cache_resource(show_spinner=False)
+def load_sample(name: str) -> Dataset:
+    """One of the bundled sample datasets, by its menu name."""
+    if name not in SAMPLES:
+        raise ConfigError("dataset", name, ", ".join(SAMPLES))
+    path = DATA_DIR / SAMPLES[name]
+    return Dataset(name=name, key=file_sha256(path), path=str(path), pairs=tuple(load_pairs(path)))
+
+
+def load_upload(filename: str, data: bytes, folder: Path) -> Dataset:
+    """Validate an uploaded file and load its pairs. The bytes are written only into `folder` (the session's own
+    temporary folder), under a sanitised name; they are parsed as data, never executed.
+
+    Raises:
+        DataError: naming the uploaded file (not the temporary copy), the line, the field and the fix.
+    """
+    shown = Path(str(filename)).name or "upload"
+    suffix = Path(shown).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"unsupported file type {suffix or '(none)'!r}", source=shown,
+                        fix=f"upload one of {', '.join(SUFFIXES)}")
+    limit = max_upload_bytes()
+    if len(data) > limit:
+        raise DataError(f"file is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit", source=shown,
+                        fix="upload a smaller file (or raise TIVIZ_APP_MAX_UPLOAD_MB)")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(shown).stem).strip("_")[:60] or "upload"
+    key = hashlib.sha256(data).hexdigest()
+    target = inside(folder, f"{stem}-{key[:8]}{suffix}", what="upload")
+    target.write_bytes(data)
+    try:
+        pairs = load_pairs(target)
+    except DataError as err:
+        raise DataError(err.reason, source=shown, line=err.line, field=err.field, fix=err.fix) from None
+    return Dataset(name=shown, key=key, path=str(target), pairs=tuple(pairs))
+
+
+def describe_error(err: Exception) -> str:
+    """A tiviz error as a few readable lines (file, line, field, fix), escaped for Streamlit's markdown."""
+    if isinstance(err, DataError):
+        lines = [f"**Could not load {md_literal(err.source or 'the data')}**: {md_literal(err.reason)}"]
+        if err.line is not None:
+            lines.append(f"- line: {err.line}")
+        if err.field is not None:
+            lines.append(f"- field: {md_literal(err.field)}")
+        if err.fix:
+            lines.append(f"- fix: {md_literal(err.fix)}")
+        return "\n".join(lines)
+    return md_literal(str(err))
+
+
+def md_literal(text: object) -> str:
+    """Text shown literally by Streamlit's markdown: every ASCII punctuation mark is backslash-escaped, so
+    dataset text cannot add links, images, emphasis, colour directives or HTML."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a page explains: the base model, or a finished run (then the base is its reference)."""
+
+    label: str
+    key: str  # cache key: the model id, or the run's folder and modification time
+    run: str | None = None  # run name inside runs_dir()
+
+    @property
+    def has_reference(self) -> bool:
+        return self.run is not None
+
+
+def base_choice() -> ModelChoice:
+    mid = base_model_id()
+    return ModelChoice(label=f"base: {mid}", key=f"base:{mid}")
+
+
+def run_choice(name: str) -> ModelChoice:
+    """A finished run as the policy; its key changes if the run's final weights are rewritten."""
+    final = inside(runs_dir(), name, what="run") / "final"
+    stamp = max((f.stat().st_mtime_ns for f in final.glob("*") if f.is_file()), default=0)
+    return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name)
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=2)
+def load_base_model(model_id: str) -> LoadedModel:
+    """The base model by id, loaded once per process; `tiny` is the tiny random test model."""
+    if model_id == TINY:
+        from tiviz.testing import tiny_model, tiny_tokenizer
+
+        return LoadedModel(tiny_model(seed=0), tiny_tokenizer(), model_id=TINY, source="tiviz.testing")
+    from tiviz.models import load_model
+
+    return load_model(model_id)
+
+
+@st.cache_resource(show_spinner="Loading the trained model (once per server)…", max_entries=3)
+def load_run_model(key: str, final_dir: str) -> LoadedModel:
+    """A finished run's `final/` weights (safetensors), cached by `key` (folder + time stamp)."""
+    from tiviz.models import load_model
+
+    return load_model(final_dir)
+
+
+def get_model(choice: ModelChoice) -> LoadedModel:
+    if choice.run is None:
+        return load_base_model(base_model_id())
+    final = inside(runs_dir(), choice.run, what="run") / "final"
+    return load_run_model(choice.key, str(final))
+
+
+def reference_for(choice: ModelChoice) -> Any | None:
+    """The reference pi_ref for a choice: the base model for a run, none for the base itself."""
+    return load_base_model(base_model_id()).model if choice.has_reference else None
+
+
+@st.cache_resource(show_spinner=False)
+def compute_lock() -> threading.RLock:
+    """One lock around model computations: sessions share the cached models, and attribution toggles their
+    parameters' requires_grad, so two sessions must not run through a model at the same time."""
+    return threading.RLock()
+
+
+def training_model_arg() -> str:
+    """What to pass as `--model` to the trainer: the base model id, or for `tiny` a saved copy of it."""
+    mid = base_model_id()
+    if mid != TINY:
+        return mid
+    from tiviz.models import cache_dir, save_model
+
+    folder = cache_dir() / "app" / "tiny-base"
+    if not (folder / "model.safetensors").exists():
+        with compute_lock():
+            save_model(load_base_model(TINY), folder)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+class ResultCache:
+    """A process-wide LRU of computed tables, keyed by everything that made them."""
+
+    def __init__(self, max_entries: int = RESULT_CACHE_ENTRIES) -> None:
+        self._items: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: tuple) -> pd.DataFrame | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: tuple, value: pd.DataFrame) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@st.cache_resource(show_spinner=False)
+def result_cache() -> ResultCache:
+    return ResultCache()
+
+
+Progress = Callable[[float, str], None]
+
+
+IG_ONLY = ("n_steps", "ig_method", "ig_baseline", "ig_span", "internal_batch_size")
+
+
+def attribution_key(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], method: str,
+                    settings: dict[str, Any] | None) -> tuple:
+    """Everything that makes a method's table; integrated-gradients settings only count for that method, so
+    the Methods page reuses what Inspect computed."""
+    relevant = {k: v for k, v in (settings or {}).items() if method == "integrated_gradients" or k not in IG_ONLY}
+    return ("attr", choice.key, dataset.key, tuple(pair_ids), method, json.dumps(relevant, sort_keys=True))
+
+
+def cached_attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], methods: Sequence[str],
+                       settings: dict[str, Any] | None = None) -> pd.DataFrame | None:
+    """The table if every method is already cached, else None (nothing is computed)."""
+    cache = result_cache()
+    parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
+    if any(p is None for p in parts):
+        return None
+    return combine_tables(parts)
+
+
+def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], methods: Sequence[str],
+                settings: dict[str, Any] | None = None, progress: Progress | None = None) -> pd.DataFrame:
+    """The tidy table of `pair_ids` under `methods`, computing (one method at a time, with progress) only what
+    the cache does not hold.
+
+    Args:
+        settings: AttributionConfig overrides (e.g. n_steps); part of the cache key.
+        progress: called as progress(fraction done, message).
+    """
+    cache = result_cache()
+    pairs = [dataset.pair(i) for i in pair_ids]
+    missing = [m for m in methods if cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) is None]
+    if missing:
+        from tiviz.attribution import attribute
+
+        loaded = get_model(choice)
+        ref = reference_for(choice)
+        for k, m in enumerate(missing):
+            def report(done: int, total: int, k: int = k, m: str = m) -> None:
+                if progress is not None:
+                    progress((k + done / max(total, 1)) / len(missing),
+                             f"{m}: {done}/{total} pairs (method {k + 1} of {len(missing)})")
+
+            if progress is not None:
+                progress(k / len(missing), f"{m}: 0/{len(pairs)} pairs (method {k + 1} of {len(missing)})")
+            with compute_lock():
+                df = attribute(loaded, pairs, [m], ref_model=ref, progress=report, model_id=loaded.model_id,
+                               data_info={"file": dataset.name, "sha256": dataset.key, "n_pairs": len(pairs)},
+                               **(settings or {}))
+            cache.put(attribution_key(choice, dataset, pair_ids, m, settings), df)
+    parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
+    return combine_tables([p for p in parts if p is not None])
+
+
+def combine_tables(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Tables of the same pairs under different methods into one; the provenance lists every method."""
+    if len(parts) == 1:
+        return parts[0]
+    out = pd.concat(parts, ignore_index=True)
+    prov = dict(parts[0].attrs.get("tiviz", {}))
+    prov["methods"] = [m for p in parts for m in p.attrs.get("tiviz", {}).get("methods", [])]
+    prov["method_targets"] = {k: v for p in parts for k, v in p.attrs.get("tiviz", {}).get("method_targets", {}).items()}
+    out.attrs["tiviz"] = prov
+    return out
+
+
+def preference_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], *, beta: float = 0.1,
+                      progress: Progress | None = None) -> pd.DataFrame:
+    """Per pair: the response log-probs log pi(y|x) of both sides and their margin; with a reference (a run as
+    the policy), also the implicit rewards beta (log pi - log pi_ref) and their margin (NaN otherwise).
+
+    Returns:
+        pair_id, logp_chosen, logp_rejected, logp_margin, reward_chosen, reward_rejected, reward_margin.
+    """
+    key = ("scores", choice.key, dataset.key, tuple(pair_ids), beta)
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    policy = get_model(choice)
+    ref = reference_for(choice)
+    rows = []
+    for k, pid in enumerate(pair_ids):
+        with compute_lock():
+            lp = _sequence_logps(policy.model, policy.tokenizer, dataset.pair(pid))
+            rp = _sequence_logps(ref, policy.tokenizer, dataset.pair(pid)) if ref is not None else None
+        rc = beta * (lp[0] - rp[0]) if rp is not None else math.nan
+        rr = beta * (lp[1] - rp[1]) if rp is not None else math.nan
+        rows.append({"pair_id": pid, "logp_chosen": lp[0], "logp_rejected": lp[1], "logp_margin": lp[0] - lp[1],
+                     "reward_chosen": rc, "reward_rejected": rr, "reward_margin": rc - rr})
+        if progress is not None:
+            progress((k + 1) / len(pair_ids), f"scoring {k + 1}/{len(pair_ids)} pairs")
+    out = pd.DataFrame(rows)
+    cache.put(key, out)
+    return out
+
+
+def _sequence_logps(model: Any, tokenizer: Any, pair: PreferencePair) -> tuple[float, float]:
+    """log pi(y|x) of the chosen and rejected responses, one batched forward."""
+    import torch
+
+    from tiviz.attribution.targets import sequence_logp
+    from tiviz.tokenization import collate, encode_pair, pad_token_id
+
+    seqs = list(encode_pair(tokenizer, pair, max_length=512))
+    batch = collate(seqs, pad_token_id(tokenizer)).to(next(model.parameters()).device)
+    with torch.inference_mode():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits  # (2, L, V)
+        lp = sequence_logp(logits, batch.input_ids, batch.response_mask)  # (2,)
+    return float(lp[0]), float(lp[1])
+
+
+def export_bytes(df: pd.DataFrame, fmt: str) -> bytes:
+    """The table as Parquet, CSV or JSON bytes, written through this session's own folder."""
+    return table_bytes(df, fmt, session_dir())
+
+
+def table_bytes(df: pd.DataFrame, fmt: str, folder: Path) -> bytes:
+    """The table as Parquet, CSV or JSON bytes with its provenance (`tiviz.table.write_table`), via `folder`."""
+    from tiviz.table import FORMATS, write_table
+
+    if fmt not in FORMATS:
+        raise ConfigError("format", fmt, ", ".join(FORMATS))
+    path = folder / f"export.{fmt}"
+    write_table(df, path, fmt)
+    return path.read_bytes()

@@ -1,0 +1,74 @@
+"""Before / after page: weights under the base model and a finished run, their difference, the per-token
+implicit reward, and the change in preference accuracy, checked against the library."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import numpy as np
+import pytest
+from apptools import html_bodies, plotly_array, plotly_specs
+
+from tiviz.data import load_pairs
+
+
+def block_tips(at, side: str, method: str) -> list[str]:
+    for b in html_bodies(at):
+        if re.search(rf'{side} response · {re.escape(method)}', b):
+            return [html.unescape(t) for t in re.findall(r'data-tip="([^"]*)"', b)]
+    raise AssertionError(f"no block {side} {method}")
+
+
+def test_without_runs_the_page_says_what_to_do(new_app):
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception
+    assert any("No finished training run yet" in i.value for i in at.info)
+
+
+def test_pair_before_after_change_and_reward(new_app, finished_run):
+    from tiviz.attribution import attribute
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="ba_run").value == "trained"
+    titles = [m for b in html_bodies(at) for m in re.findall(r'(\w+) response · ([\w_]+)( · \w+)?</div>', b)]
+    assert ("Chosen", "tidpo", " · before") in titles and ("Chosen", "tidpo", " · after") in titles
+    assert ("Chosen", "tidpo_change", "") in titles and ("Rejected", "implicit_reward", "") in titles
+    # the per-token implicit reward equals beta * (log pi_run - log pi_base), token by token
+    pair = load_pairs("sample_data/train.jsonl")[:1]
+    base = tiny_model(seed=0)
+    ref = attribute(tiny_model(seed=1), pair, ["implicit_reward"], tokenizer=tiny_tokenizer(), ref_model=base)
+    want = ref[(ref.side == "chosen") & ref.in_response].sort_values("position")["score"].to_numpy()
+    tips = block_tips(at, "Chosen", "implicit_reward")
+    got = np.array([float(re.search(r"score (\S+)", t).group(1)) for t in tips])
+    assert len(got) == len(want)
+    np.testing.assert_allclose(got, want, rtol=6e-3, atol=1e-7)  # shown with 3 significant digits
+    assert np.abs(want).max() > 0  # two different models: a non-trivial reward
+
+
+def test_dataset_accuracy_change(new_app, finished_run):
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    at.number_input(key="ba_n").set_value(3).run()
+    at.button(key="ba_run_dataset").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    from app import state
+
+    ds = state.load_sample("sample: train")
+    ids = [p.id for p in ds.subset(3)]
+    base = state.preference_scores(state.base_choice(), ds, ids)
+    run = state.preference_scores(state.run_choice("trained"), ds, ids)
+    acc_b = (base.logp_margin > 0).mean()
+    acc_a = (run.logp_margin > 0).mean()
+    shown = {m.label: m for m in at.metric}
+    acc = shown["Preference accuracy (log-prob margin > 0)"]
+    assert acc.value == f"{acc_a:.0%}" and acc.proto.delta == f"{acc_a - acc_b:+.0%} vs before"
+    assert shown["Reward accuracy (implicit reward margin > 0)"].value == f"{(run.reward_margin > 0).mean():.0%}"
+    scatter = next(s for s in plotly_specs(at) if any(t.get("name") == "pairs" for t in s["data"]))
+    pts = next(t for t in scatter["data"] if t.get("name") == "pairs")
+    assert plotly_array(pts["x"]).tolist() == pytest.approx(base.logp_margin.tolist())
+    assert plotly_array(pts["y"]).tolist() == pytest.approx(run.logp_margin.tolist())

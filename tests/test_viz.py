@@ -1,0 +1,228 @@
+"""tiviz.viz: colours, token shading HTML (escaped, text-preserving), summaries and figures, on hand-made tables
+with hand-computed answers, and on a real attribution of the tiny model."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tiviz import viz
+from tiviz.errors import TableError
+
+HOSTILE = ["<script>alert(1)</script>", " <img src=x onerror=alert(2)>", ' "quoted" & \'single\'', "\n**md**"]
+
+
+def side_table(texts, scores, *, method="grad_x_input", side="chosen", pair_id="p1", prompt=("Q",)):
+    """A tidy table for one (pair, side, method): prompt tokens then response tokens."""
+    rows = []
+    pos = 0
+    for t in prompt:
+        rows.append({"pair_id": pair_id, "side": side, "position": pos, "token_id": pos, "token": t, "text": t,
+                     "char_start": 0, "char_end": len(t), "in_response": False, "method": method,
+                     "score": 0.5, "weight": np.nan, "target_value": 1.0, "convergence_delta": np.nan})
+        pos += 1
+    total = sum(abs(s) for s in scores)
+    for t, s in zip(texts, scores, strict=True):
+        rows.append({"pair_id": pair_id, "side": side, "position": pos, "token_id": pos, "token": t or "</s>",
+                     "text": t, "char_start": 0, "char_end": len(t), "in_response": True, "method": method,
+                     "score": s, "weight": abs(s) / total, "target_value": 1.0, "convergence_delta": np.nan})
+        pos += 1
+    return pd.DataFrame(rows)
+
+
+def spans(fragment: str) -> list[tuple[str, str, str]]:
+    """(class, data-tip, inner text) of every token span, unescaped."""
+    found = re.findall(r'<span class="([^"]*)" style="[^"]*" data-tip="([^"]*)">([^<]*)</span>', fragment)
+    return [(c, html.unescape(t), html.unescape(x)) for c, t, x in found]
+
+
+# ---------------------------------------------------------------------------------------------- colours
+
+
+def test_color_for_hits_the_stops():
+    assert viz.color_for(0.0, 2.0, "diverging") == "rgb(247,247,247)"
+    assert viz.color_for(2.0, 2.0, "diverging") == "rgb(178,24,43)"
+    assert viz.color_for(-2.0, 2.0, "diverging") == "rgb(33,102,172)"
+    assert viz.color_for(-9.0, 2.0, "diverging") == "rgb(33,102,172)"  # clipped
+    assert viz.color_for(1.0, 2.0, "diverging") == "rgb(239,138,98)"  # the 0.75 stop
+    assert viz.color_for(0.0, 1.0, "sequential") == "rgb(255,255,255)"
+    assert viz.color_for(0.5, 1.0, "sequential") == "rgb(253,187,132)"
+    # halfway between the 0 and 0.5 stops of the sequential scale: the mean of their channels, rounded
+    assert viz.color_for(0.25, 1.0, "sequential") == "rgb(254,221,194)"  # (255+132)/2 = 193.5 rounds to 194
+    assert viz.color_for(float("nan"), 1.0, "sequential") == "transparent"
+    assert viz.color_for(3.0, 0.0, "sequential") == "rgb(255,255,255)"  # no range: no colour
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+def test_shaded_tokens_escape_hostile_text_and_keep_it_verbatim():
+    texts = [*HOSTILE, ""]
+    df = side_table(texts, [0.1, -0.4, 0.2, 0.3, 0.05])
+    out = viz.shaded_tokens_html(df, title="<b>title</b>")
+    assert "<script" not in out.lower() and "<img" not in out.lower() and "<b>" not in out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out and "&lt;b&gt;title&lt;/b&gt;" in out
+    got = spans(out)
+    assert len(got) == len(texts)  # response tokens only: one span each
+    assert "".join(x for c, _, x in got[:-1]) == "".join(HOSTILE)  # the text comes back exactly
+    assert got[-1][0] == "tok tok-special" and got[-1][2] == "</s>"  # EOS shows its piece
+
+
+def test_shaded_tokens_rank_and_colour_follow_the_scores():
+    df = side_table(["a", "b", "c"], [0.1, -0.4, 0.2])
+    out = viz.shaded_tokens_html(df)  # grad_x_input is signed: diverging, vmax = 0.4
+    tips = [t for _, t, _ in spans(out)]
+    assert "rank 1 of 3" in tips[1] and "rank 2 of 3" in tips[2] and "rank 3 of 3" in tips[0]
+    styles = re.findall(r'style="background:([^;"]*)', out)
+    assert styles[1] == viz.color_for(-0.4, 0.4, "diverging") == "rgb(33,102,172)"
+    assert styles[2] == viz.color_for(0.2, 0.4, "diverging")
+
+
+def test_shaded_tokens_scale_from_the_method():
+    df = side_table(["a", "b"], [0.1, 0.3], method="gradient")
+    seq = viz.shaded_tokens_html(df)
+    assert re.findall(r'style="background:([^;"]*)', seq)[1] == "rgb(215,48,31)"  # sequential top stop
+    df_signed = side_table(["a", "b"], [0.1, 0.3], method="grad_x_input")
+    div = viz.shaded_tokens_html(df_signed)
+    assert re.findall(r'style="background:([^;"]*)', div)[1] == "rgb(178,24,43)"  # diverging top stop
+
+
+def test_shaded_tokens_vmax_ignores_textless_tokens_and_can_be_shared():
+    df = side_table(["a", "b", ""], [0.1, 0.2, 5.0], method="gradient")
+    assert viz.shading_range(df, "score") == pytest.approx(0.2)
+    out = viz.shaded_tokens_html(df)
+    assert re.findall(r'style="background:([^;"]*)', out)[1] == "rgb(215,48,31)"  # "b" is full colour
+    shared = viz.shaded_tokens_html(df, vmax=0.4)
+    assert re.findall(r'style="background:([^;"]*)', shared)[1] == viz.color_for(0.2, 0.4, "sequential")
+
+
+def test_shaded_tokens_needs_one_sequence():
+    df = pd.concat([side_table(["a"], [1.0]), side_table(["a"], [1.0], side="rejected")])
+    with pytest.raises(TableError, match="exactly one"):
+        viz.shaded_tokens_html(df)
+
+
+def test_plain_text_and_legend_escape():
+    out = viz.plain_text_html(HOSTILE[0] + HOSTILE[1], title=HOSTILE[0])
+    assert "<script" not in out and "<img" not in out
+    leg = viz.legend_html(0.0, 2.0, scale="diverging", label="<script>x</script>", clipped=True)
+    assert "<script" not in leg and "full colour" in leg
+    assert re.findall(r"<span>([^<]*)</span>", leg) == ["-2", "0", "2"]
+
+
+def test_shaded_tokens_rebuild_real_responses(tok, pairs, model):
+    """On the tiny model (byte tokens, so é and the emoji are split over several tokens) the shaded text of
+    every pair and side is exactly the response text."""
+    from tiviz.attribution import attribute
+
+    df = attribute(model, pairs, ["grad_x_input"], tokenizer=tok)
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            rows = df[(df.pair_id == p.id) & (df.side == side)]
+            got = spans(viz.shaded_tokens_html(rows))
+            assert "".join(x for c, _, x in got if "tok-special" not in c) == p.response_text(side)
+            assert len(got) == int(rows.in_response.sum())
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def test_top_tokens_ranks_by_magnitude():
+    df = side_table(["a", "b", "c", "d"], [0.1, -0.4, 0.2, 0.3])
+    top = viz.top_tokens(df, k=2)
+    assert top["text"].tolist() == ["b", "d"] and top["rank"].tolist() == [1, 2]
+    assert top["weight"].tolist() == pytest.approx([0.4, 0.3])
+
+
+def test_concentration_hand_values():
+    uniform = side_table(list("abcdefghijk"), [1.0] * 11, method="gradient")
+    one_hot = side_table(list("abcd"), [0.0, 0.0, 2.0, 0.0], method="gradient", pair_id="p2")
+    c = viz.concentration(pd.concat([uniform, one_hot])).set_index("pair_id")
+    assert c.loc["p1", "entropy"] == pytest.approx(1.0)
+    assert c.loc["p1", "top10_share"] == pytest.approx(2 / 11)  # ceil(1.1) = 2 tokens of 11
+    assert c.loc["p2", "entropy"] == pytest.approx(0.0)
+    assert c.loc["p2", "top10_share"] == pytest.approx(1.0)
+    two = side_table(["a", "b"], [1.0, 3.0], method="gradient")
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    assert viz.concentration(two)["entropy"].iloc[0] == pytest.approx(h)
+
+
+def test_position_profile_uniform_is_one_and_ramp_rises():
+    flat = side_table(list("abcdefghij"), [1.0] * 10, method="gradient")
+    prof = viz.position_profile(flat, bins=5)
+    assert prof["mean_weight"].tolist() == pytest.approx([1.0] * 5)
+    assert prof["n"].tolist() == [2] * 5
+    ramp = side_table(list("abcdefghij"), list(range(1, 11)), method="gradient")
+    p = viz.position_profile(ramp, bins=10)["mean_weight"].to_numpy()
+    assert np.all(np.diff(p) > 0)
+    assert p[0] == pytest.approx(1 / 55 * 10) and p[-1] == pytest.approx(10 / 55 * 10)
+
+
+def test_convergence_summary_recovers_the_baseline_gap():
+    df = side_table(["a", "b"], [0.6, 0.4], method="integrated_gradients")
+    df["convergence_delta"] = 0.1
+    df.loc[~df.in_response, "score"] = 0.0
+    s = viz.convergence_summary(df).iloc[0]
+    assert s.f_x_minus_f_baseline == pytest.approx(0.9)  # sum 1.0 minus delta 0.1
+    assert s.relative_delta == pytest.approx(0.1 / 0.9)
+
+
+def test_weight_difference():
+    before = side_table(["a", "b"], [1.0, 3.0], method="tidpo")
+    after = side_table(["a", "b"], [3.0, 1.0], method="tidpo")
+    d = viz.weight_difference(before, after)
+    resp = d[d.in_response].sort_values("position")
+    assert resp["score"].tolist() == pytest.approx([0.5, -0.5])
+    assert set(d["method"]) == {"tidpo_change"}
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _dataset():
+    parts = []
+    for pid in ("p1", "p2"):
+        for side in ("chosen", "rejected"):
+            for method in ("gradient", "<script>m</script>"):
+                parts.append(side_table(list("abcd"), [1.0, 2.0, 3.0, 4.0], method=method, side=side,
+                                        pair_id=pid))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("kind", ["histogram", "box", "violin", "ecdf"])
+def test_distribution_figure_kinds_escape_labels(kind):
+    fig = viz.distribution_figure(_dataset(), kind)
+    js = fig.to_json()
+    assert "<script" not in js and "&lt;script&gt;" in js
+    assert {t.name for t in fig.data} == {"chosen", "rejected"}
+    if kind in ("histogram", "ecdf"):
+        assert len(fig.data) == 4  # 2 methods x 2 sides
+    if kind == "ecdf":
+        ys = fig.data[0].y
+        assert ys[-1] == pytest.approx(1.0) and np.all(np.diff(ys) > 0)
+
+
+def test_other_figures_escape_and_carry_the_numbers():
+    df = _dataset()
+    mat = pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["gradient", "<img src=x onerror=1>"],
+                       columns=["gradient", "<img src=x onerror=1>"])
+    heat = viz.rank_correlation_figure(mat)
+    assert "<img" not in heat.to_json() and list(heat.data[0].z[0]) == [1.0, 0.5]
+    prof = viz.position_profile_figure(df, bins=4)
+    assert "<script" not in prof.to_json()
+    conc = viz.concentration_figure(viz.concentration(df))
+    assert "<script" not in conc.to_json()
+    ba = viz.before_after_figure(df, df, kind="histogram")
+    assert len(ba.data) == 4
+    scores = pd.DataFrame({"pair_id": ["<script>p</script>"], "margin_before": [-1.0], "margin_after": [2.0]})
+    mc = viz.margin_change_figure(scores)
+    assert "<script" not in mc.to_json() and list(mc.data[1].y) == [2.0]
+    metrics = pd.DataFrame({"step": [1, 2], "loss": [0.7, 0.6]})
+    assert list(viz.metrics_figure(metrics, ["loss", "absent"]).data[0].y) == [0.7, 0.6]
+    json.loads(heat.to_json())  # serialisable for st.plotly_chart
