@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 app: setup
-	.venv/bin/streamlit run app/streamlit_app.py --server.headless true --browser.gatherUsageStats false
+	.venv/bin/streamlit run app/streamlit_app.py --server.headless true --browser.gatherUsageStats false --server.maxUploadSize 20
 
 lint: setup
 	.venv/bin/ruff check tiviz app tests benchmarks
