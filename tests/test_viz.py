@@ -226,3 +226,23 @@ def test_other_figures_escape_and_carry_the_numbers():
     metrics = pd.DataFrame({"step": [1, 2], "loss": [0.7, 0.6]})
     assert list(viz.metrics_figure(metrics, ["loss", "absent"]).data[0].y) == [0.7, 0.6]
     json.loads(heat.to_json())  # serialisable for st.plotly_chart
+
+
+def test_quality_score_figures_carry_the_numbers_and_escape_method_names():
+    scores = pd.DataFrame({"method": ["gradient", "<script>m</script>"], "auprc": [0.9, 0.4],
+                           "auprc_random": [0.3, 0.3], "hit_at_k": [1.0, 0.5]})
+    fig = viz.scores_figure(scores, ["auprc", "hit_at_k"])
+    bars = [t for t in fig.data if t.type == "bar"]
+    diamonds = [t for t in fig.data if t.type == "scatter"]
+    assert [list(b.y) for b in bars] == [[0.9, 0.4], [1.0, 0.5]]
+    assert len(diamonds) == 1 and list(diamonds[0].y) == [0.3, 0.3]  # hit_at_k has no random column here
+    assert "<script" not in fig.to_json()
+
+    rows = [{"method": m, "kind": k, "ranking": r, "fraction": q, "change": c}
+            for m in ("gradient", "<b>x</b>") for k in ("deletion", "insertion") for r in ("method", "random")
+            for q, c in ((0.1, 1.0 if r == "method" else 0.5), (0.5, 2.0))]
+    curves = viz.faithfulness_curves_figure(pd.DataFrame(rows))
+    # 2 methods x 2 kinds, and one shared random curve per kind (every method's random curve is the same here)
+    assert len(curves.data) == 2 * 2 + 2 and "<b>" not in curves.to_json()
+    hist = viz.histogram_figure(np.array([1.0, 2.0, 2.0]), "<i>label</i>")
+    assert list(hist.data[0].x) == [1.0, 2.0, 2.0] and "<i>" not in hist.to_json()

@@ -290,6 +290,8 @@ def _provenance_html(table: pd.DataFrame, label: str | None) -> str:
 
 
 def _scores_html(scores: Evaluation | pd.DataFrame, figs: _Figures) -> str:
+    from tiviz.viz import faithfulness_curves_figure, scores_figure
+
     frame = scores if isinstance(scores, pd.DataFrame) else scores.scores
     curves = None if isinstance(scores, pd.DataFrame) else scores.curves
     heads = [("auprc", "AUPRC"), ("hit_at_k", "hit@k"), ("aopc_deletion", "AOPC deletion"),
@@ -313,9 +315,9 @@ def _scores_html(scores: Evaluation | pd.DataFrame, figs: _Figures) -> str:
              "<p class='note'>In grey: a random ranking of the same tokens (exact expectation for AUPRC and hit@k, "
              "the mean of seeded permutations for the faithfulness scores). Bold: better than random. "
              "Sufficiency: lower is better. Definitions: docs/EVALUATION.md.</p></div>")
-    parts = [table, figs.add(_scores_figure(frame, [c for c, _ in heads]))]
+    parts = [table, figs.add(scores_figure(frame, [c for c, _ in heads]))]
     if curves is not None and len(curves):
-        parts.append(figs.add(_curves_figure(curves)))
+        parts.append(figs.add(faithfulness_curves_figure(curves)))
     return "".join(parts)
 
 
@@ -338,7 +340,7 @@ def _distributions_html(sel: pd.DataFrame, figs: _Figures, agreement_matrix: Any
 
 def _before_after_html(before: pd.DataFrame, after: pd.DataFrame, figs: _Figures, labels: tuple[str, str]) -> str:
     from tiviz.compare import distribution_changes, preference_changes, token_changes
-    from tiviz.viz import before_after_figure, margin_change_figure
+    from tiviz.viz import before_after_figure, histogram_figure, margin_change_figure
 
     a, b = (escape_text(x) for x in labels)
     parts = []
@@ -371,7 +373,7 @@ def _before_after_html(before: pd.DataFrame, after: pd.DataFrame, figs: _Figures
     rc = tokens.loc[tokens["method"] == "implicit_reward", ["in_response", "reward_change"]]
     rc = rc[rc["in_response"]]["reward_change"].dropna()
     if len(rc):
-        parts.append(figs.add(_histogram(rc.to_numpy(), "per-token implicit reward change (after - before)")))
+        parts.append(figs.add(histogram_figure(rc.to_numpy(), "per-token implicit reward change (after - before)")))
     return "".join(parts)
 
 
@@ -418,76 +420,6 @@ def _pairs_html(sel: pd.DataFrame, after: pd.DataFrame | None, ids: list[Any], p
             f"<table class='pair'><tr><th class='m'></th><th>chosen</th><th>rejected</th></tr>{''.join(rows)}"
             "</table></div>")
     return "".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------- small figures
-
-
-def _scores_figure(frame: pd.DataFrame, columns: list[str]) -> go.Figure:
-    """One panel per score: a bar per method, a grey diamond for the random ranking."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    titles = {"auprc": "AUPRC", "hit_at_k": "hit@k", "aopc_deletion": "AOPC deletion",
-              "aopc_insertion": "AOPC insertion", "comprehensiveness": "comprehensiveness",
-              "sufficiency": "sufficiency (lower is better)"}
-    cols = min(len(columns), 3)
-    nrows = math.ceil(len(columns) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[titles[c] for c in columns],
-                        horizontal_spacing=0.07, vertical_spacing=0.3)
-    methods = [escape_text(m) for m in frame["method"]]
-    for i, c in enumerate(columns, start=1):
-        r, k = (i - 1) // cols + 1, (i - 1) % cols + 1
-        fig.add_trace(go.Bar(x=methods, y=frame[c], name="method", marker_color="#3b6fb6", showlegend=i == 1,
-                             hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=r, col=k)
-        if f"{c}_random" in frame.columns:
-            fig.add_trace(go.Scatter(x=methods, y=frame[f"{c}_random"], mode="markers", name="random ranking",
-                                     marker={"symbol": "diamond", "size": 10, "color": "#555"}, showlegend=i == 1,
-                                     hovertemplate="random: %{y:.3f}<extra></extra>"), row=r, col=k)
-    fig.update_xaxes(tickangle=-30)
-    return _style(fig, 330 * nrows + 80)
-
-
-def _curves_figure(curves: pd.DataFrame) -> go.Figure:
-    """Mean deletion and insertion curves per method, and the random ranking's (dotted)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[
-        "deletion: f(x) − f(x without the top q)", "insertion: f(only the top q) − f(empty response)"])
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-    methods = list(dict.fromkeys(curves["method"]))
-    same_random = curves[curves["ranking"] == "random"].groupby(["kind", "fraction"])["change"].nunique().max() == 1
-    for col, kind in enumerate(("deletion", "insertion"), start=1):
-        for i, m in enumerate(methods):
-            c = curves[(curves["method"] == m) & (curves["kind"] == kind)]
-            for rk, dash in (("method", "solid"), ("random", "dot")):
-                if rk == "random" and same_random and i > 0:
-                    continue
-                r = c[c["ranking"] == rk].sort_values("fraction")
-                name = escape_text(m) if rk == "method" else ("random" if same_random else f"random ({escape_text(m)})")
-                fig.add_trace(go.Scatter(
-                    x=r["fraction"], y=r["change"], mode="lines+markers", name=name, legendgroup=name,
-                    showlegend=col == 1, line={"dash": dash, "color": "#555" if rk == "random" and same_random
-                                               else palette[i % len(palette)]},
-                    hovertemplate=name + ": q=%{x:.2f}, %{y:.3f}<extra></extra>"), row=1, col=col)
-        fig.update_xaxes(title_text="fraction q of the response tokens, most important first", row=1, col=col)
-    return _style(fig, 420)
-
-
-def _histogram(values: Any, label: str) -> go.Figure:
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Histogram(x=values, nbinsx=50, marker_color="#3b6fb6"))
-    fig.update_layout(xaxis_title=escape_text(label), yaxis_title="tokens")
-    return _style(fig, 360)
-
-
-def _style(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 20, "t": 60, "b": 90},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0},
-                      font={"family": "system-ui, sans-serif", "size": 13})
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------- formatting

@@ -357,7 +357,7 @@ def distribution_figure(df: pd.DataFrame, kind: DistKind = "histogram", value: V
                 fig.add_trace(go.Violin(**common, box_visible=True, meanline_visible=True, points=False,
                                         scalemode="width", spanmode="hard"))
         fig.update_layout(boxmode="group", violinmode="group", yaxis_title=escape_text(label))
-        return _style(fig, height=420)
+        return style(fig, height=420)
     n = max(len(methods), 1)
     cols = min(n, 2)
     nrows = math.ceil(n / cols)
@@ -383,7 +383,7 @@ def distribution_figure(df: pd.DataFrame, kind: DistKind = "histogram", value: V
             fig.add_trace(trace, row=r, col=c)
         fig.update_xaxes(title_text=escape_text(label) if r == nrows else None, range=view, row=r, col=c)
     fig.update_layout(barmode="overlay")
-    return _style(fig, height=260 * nrows + 80)
+    return style(fig, height=260 * nrows + 80)
 
 
 def concentration_figure(summary: pd.DataFrame) -> go.Figure:
@@ -401,7 +401,7 @@ def concentration_figure(summary: pd.DataFrame) -> go.Figure:
                                  text=[escape_text(p) for p in s["pair_id"]], hovertemplate="%{text}: %{y:.3f}"),
                           row=1, col=col)
     fig.update_layout(boxmode="group")
-    return _style(fig, height=380)
+    return style(fig, height=380)
 
 
 def position_profile_figure(df: pd.DataFrame, bins: int = 10) -> go.Figure:
@@ -423,7 +423,7 @@ def position_profile_figure(df: pd.DataFrame, bins: int = 10) -> go.Figure:
     fig.add_hline(y=1.0, line_dash="dot", line_color="#999", annotation_text="uniform")
     fig.update_layout(xaxis_title="relative position in the response (0 = first token, 1 = last)",
                       yaxis_title="mean weight × response length", xaxis_range=[0, 1])
-    return _style(fig, height=420)
+    return style(fig, height=420)
 
 
 def rank_correlation_figure(matrix: pd.DataFrame, title: str = "Spearman rank correlation") -> go.Figure:
@@ -438,7 +438,7 @@ def rank_correlation_figure(matrix: pd.DataFrame, title: str = "Spearman rank co
         texttemplate="%{text}", hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         colorbar={"title": {"text": "ρ"}}))
     fig.update_layout(title=escape_text(title), yaxis_autorange="reversed")
-    return _style(fig, height=140 + 60 * len(labels))
+    return style(fig, height=140 + 60 * len(labels))
 
 
 def before_after_figure(before: pd.DataFrame, after: pd.DataFrame, kind: Literal["histogram", "ecdf"] = "ecdf",
@@ -469,7 +469,7 @@ def before_after_figure(before: pd.DataFrame, after: pd.DataFrame, kind: Literal
             fig.add_trace(trace, row=1, col=col)
             fig.update_xaxes(title_text=escape_text(VALUE_LABELS[value]), range=view, row=1, col=col)
     fig.update_layout(barmode="overlay")
-    return _style(fig, height=380)
+    return style(fig, height=380)
 
 
 def margin_change_figure(scores: pd.DataFrame, before: str = "margin_before", after: str = "margin_after") -> go.Figure:
@@ -493,7 +493,7 @@ def margin_change_figure(scores: pd.DataFrame, before: str = "margin_before", af
     fig.add_hline(y=0, line_color="#ccc")
     fig.add_vline(x=0, line_color="#ccc")
     fig.update_layout(xaxis_title="margin before", yaxis_title="margin after")
-    return _style(fig, height=420)
+    return style(fig, height=420)
 
 
 def metrics_figure(metrics: pd.DataFrame, columns: Sequence[str], x: str = "step", title: str = "") -> go.Figure:
@@ -506,10 +506,73 @@ def metrics_figure(metrics: pd.DataFrame, columns: Sequence[str], x: str = "step
             m = metrics[[x, c]].dropna()
             fig.add_trace(go.Scatter(x=m[x], y=m[c], mode="lines+markers", name=escape_text(c)))
     fig.update_layout(title=escape_text(title), xaxis_title=escape_text(x))
-    return _style(fig, height=300)
+    return style(fig, height=300)
 
 
 # ---------------------------------------------------------------------------------------------- internals
+
+
+def scores_figure(frame: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
+    """Quality scores (one row per method, as `tiviz evaluate` writes them): one panel per score column, a bar per
+    method and a grey diamond for the random ranking of the same tokens (column `<score>_random`)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    titles = {"auprc": "AUPRC", "hit_at_k": "hit@k", "aopc_deletion": "AOPC deletion",
+              "aopc_insertion": "AOPC insertion", "comprehensiveness": "comprehensiveness",
+              "sufficiency": "sufficiency (lower is better)"}
+    cols = min(len(columns), 3)
+    nrows = math.ceil(len(columns) / cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[titles[c] for c in columns],
+                        horizontal_spacing=0.07, vertical_spacing=0.3)
+    methods = [escape_text(m) for m in frame["method"]]
+    for i, c in enumerate(columns, start=1):
+        r, k = (i - 1) // cols + 1, (i - 1) % cols + 1
+        fig.add_trace(go.Bar(x=methods, y=frame[c], name="method", marker_color="#3b6fb6", showlegend=i == 1,
+                             hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=r, col=k)
+        if f"{c}_random" in frame.columns:
+            fig.add_trace(go.Scatter(x=methods, y=frame[f"{c}_random"], mode="markers", name="random ranking",
+                                     marker={"symbol": "diamond", "size": 10, "color": "#555"}, showlegend=i == 1,
+                                     hovertemplate="random: %{y:.3f}<extra></extra>"), row=r, col=k)
+    fig.update_xaxes(tickangle=-30)
+    return style(fig, 330 * nrows + 80, bottom=90)
+
+
+def faithfulness_curves_figure(curves: pd.DataFrame) -> go.Figure:
+    """Mean deletion and insertion curves per method (columns method, kind, ranking, fraction, change), and the
+    random ranking's, dotted."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[
+        "deletion: f(x) − f(x without the top q)", "insertion: f(only the top q) − f(empty response)"])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    methods = list(dict.fromkeys(curves["method"]))
+    same_random = curves[curves["ranking"] == "random"].groupby(["kind", "fraction"])["change"].nunique().max() == 1
+    for col, kind in enumerate(("deletion", "insertion"), start=1):
+        for i, m in enumerate(methods):
+            c = curves[(curves["method"] == m) & (curves["kind"] == kind)]
+            for rk, dash in (("method", "solid"), ("random", "dot")):
+                if rk == "random" and same_random and i > 0:
+                    continue
+                r = c[c["ranking"] == rk].sort_values("fraction")
+                name = escape_text(m) if rk == "method" else ("random" if same_random else f"random ({escape_text(m)})")
+                fig.add_trace(go.Scatter(
+                    x=r["fraction"], y=r["change"], mode="lines+markers", name=name, legendgroup=name,
+                    showlegend=col == 1, line={"dash": dash, "color": "#555" if rk == "random" and same_random
+                                               else palette[i % len(palette)]},
+                    hovertemplate=name + ": q=%{x:.2f}, %{y:.3f}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="fraction q of the response tokens, most important first", row=1, col=col)
+    return style(fig, 420)
+
+
+def histogram_figure(values: Sequence[float] | np.ndarray | pd.Series, label: str) -> go.Figure:
+    """A plain histogram of one sample (50 bins), the x axis titled `label`."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Histogram(x=values, nbinsx=50, marker_color="#3b6fb6"))
+    fig.update_layout(xaxis_title=escape_text(label), yaxis_title="tokens")
+    return style(fig, 360)
 
 
 def _values(rows: pd.DataFrame, value: Value) -> pd.Series:
@@ -552,9 +615,10 @@ def _fmt(v: object) -> str:
     return f"{f:.3g}" if abs(f) >= 1e-3 or f == 0 else f"{f:.2e}"
 
 
-def _style(fig: go.Figure, height: int) -> go.Figure:
-    """One look for every figure; the legend sits at the top of the figure, above the panel titles."""
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 20, "t": 80, "b": 50},
+def style(fig: go.Figure, height: int, *, bottom: int = 50) -> go.Figure:
+    """One look for every tiviz figure (app, report): white template, system font, the legend at the top of the
+    figure above the panel titles; `bottom` is the margin under the plot (more for slanted tick labels)."""
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 20, "t": 80, "b": bottom},
                       legend={"orientation": "h", "yanchor": "top", "y": 1, "x": 0, "yref": "container"},
                       font={"family": "system-ui, sans-serif", "size": 13})
     return fig
