@@ -201,27 +201,40 @@ def md_literal(text: object) -> str:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which model a page explains: the base model, or a finished run (then the base is its reference)."""
+    """Which model a page explains: a base model, or a finished run (then its base model is its reference)."""
 
     label: str
     key: str  # cache key: the model id, or the run's folder and modification time
     run: str | None = None  # run name inside runs_dir()
+    base: str = ""  # the base model id: the model itself, or the one the run started from (its reference)
 
     @property
     def has_reference(self) -> bool:
         return self.run is not None
 
 
-def base_choice() -> ModelChoice:
-    mid = base_model_id()
-    return ModelChoice(label=f"base: {mid}", key=f"base:{mid}")
+def base_choice(model_id: str | None = None) -> ModelChoice:
+    """A base model by id (default: the app's model, `base_model_id()`)."""
+    mid = model_id or base_model_id()
+    return ModelChoice(label=f"base: {mid}", key=f"base:{mid}", base=mid)
+
+
+def run_base_model(name: str) -> str:
+    """The model a run started from (its `config.json`), or the app's model when the run does not say."""
+    from tiviz.training.trainer import read_run_config
+
+    try:
+        recorded = read_run_config(inside(runs_dir(), name, what="run")).get("model")
+    except Exception:  # an unreadable config must not break the page: fall back to the app's model
+        recorded = None
+    return recorded if isinstance(recorded, str) and recorded.strip() else base_model_id()
 
 
 def run_choice(name: str) -> ModelChoice:
     """A finished run as the policy; its key changes if the run's final weights are rewritten."""
     final = inside(runs_dir(), name, what="run") / "final"
     stamp = max((f.stat().st_mtime_ns for f in final.glob("*") if f.is_file()), default=0)
-    return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name)
+    return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name, base=run_base_model(name))
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=2)
@@ -246,14 +259,14 @@ def load_run_model(key: str, final_dir: str) -> LoadedModel:
 
 def get_model(choice: ModelChoice) -> LoadedModel:
     if choice.run is None:
-        return load_base_model(base_model_id())
+        return load_base_model(choice.base or base_model_id())
     final = inside(runs_dir(), choice.run, what="run") / "final"
     return load_run_model(choice.key, str(final))
 
 
 def reference_for(choice: ModelChoice) -> Any | None:
-    """The reference pi_ref for a choice: the base model for a run, none for the base itself."""
-    return load_base_model(base_model_id()).model if choice.has_reference else None
+    """The reference pi_ref for a choice: the run's base model for a run, none for a base model itself."""
+    return load_base_model(choice.base or base_model_id()).model if choice.has_reference else None
 
 
 @st.cache_resource(show_spinner=False)

@@ -8,7 +8,11 @@ from app.app_pages import components as ui
 
 st.title("Before / after training")
 dataset, pair = ui.require_pair()
-run = ui.run_picker("ba_run")
+top = st.columns(2)
+with top[1]:
+    run = ui.run_picker("ba_run")
+with top[0]:
+    base = ui.base_picker("ba_base", run)
 
 left, right = st.columns([2, 1])
 with left:
@@ -18,9 +22,9 @@ with right:
 
 st.subheader(f"Pair {pair.id}")
 ui.show_prompt(pair)
-ui.show_before_after_pair(run, dataset, pair.id, method, value)
+ui.show_before_after_pair(run, base, dataset, pair.id, method, value)
 
 st.subheader("Across the dataset")
 n = st.columns(4)[0].number_input("Pairs", 1, len(dataset.pairs), min(10, len(dataset.pairs)), key=ui.kept("ba_n"),
                                   help="The first N pairs of the dataset, attributed under both models")
-ui.show_before_after_dataset(run, dataset, [p.id for p in dataset.subset(n)], method)
+ui.show_before_after_dataset(run, base, dataset, [p.id for p in dataset.subset(n)], method)

@@ -507,34 +507,45 @@ def run_picker(key: str) -> state.ModelChoice:
     if st.session_state.get(key) not in runs:
         st.session_state[key] = runs[0]
     name = st.selectbox("After: training run", runs, key=key,
-                        help=f"Before is the base model {state.base_model_id()}, also the reference π_ref")
+                        help="Its base model is the reference π_ref of the implicit rewards")
     return state.run_choice(name)
 
 
-def show_before_after_pair(run: state.ModelChoice, dataset: state.Dataset, pair_id: str, method: str,
-                           value: str) -> None:
-    base = state.base_choice()
+def base_picker(key: str, run: state.ModelChoice) -> state.ModelChoice:
+    """The "before" model: the run's own base model (from its config.json) by default, or the app's model."""
+    options = list(dict.fromkeys([run.base, state.base_model_id()]))
+    kept(key)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+    mid = st.selectbox("Before: base model", options, key=key,
+                       format_func=lambda o: f"{o} (the run's starting model)" if o == run.base else o,
+                       help="The weights before training. The run's starting model is also the reference π_ref "
+                            "of the per-token implicit rewards, whichever model is picked here.")
+    return state.base_choice(mid)
+
+
+def show_before_after_pair(run: state.ModelChoice, base: state.ModelChoice, dataset: state.Dataset, pair_id: str,
+                           method: str, value: str) -> None:
     before = attribution(base, dataset, [pair_id], [method], label="Before")
     after = attribution(run, dataset, [pair_id], [method], label="After")
     reward = attribution(run, dataset, [pair_id], ["implicit_reward"], label="Implicit reward")
     both = pd.concat([before, after])
     vmax = viz.shading_range(both[both["pair_id"] == pair_id], value)  # type: ignore[arg-type]
-    st.markdown("**Before** (base model)")
+    st.markdown(f"**Before** ({state.md_literal(base.base)})")
     show_pair(before, pair_id, method, value, vmax=vmax, caption=" · before")
     st.markdown("**After** (trained run)")
     show_pair(after, pair_id, method, value, vmax=vmax, caption=" · after")
     st.markdown("**Change** (after − before; red: more weight after)")
     diff = viz.weight_difference(before, after, value)  # type: ignore[arg-type]
     show_pair(diff, pair_id, f"{method}_change", "score", scale="diverging", caption="")
-    st.markdown("**Per-token implicit reward** β (log π − log π_ref), the base model as π_ref")
+    st.markdown(f"**Per-token implicit reward** β (log π − log π_ref), π_ref the run's base model {state.md_literal(run.base)}")
     st.caption("What training changed, token by token: red tokens became more likely under the run, blue less. "
                "Before training it is 0 for every token (the policy is its own reference).")
     show_pair(reward, pair_id, "implicit_reward", "score", scale="diverging")
 
 
-def show_before_after_dataset(run: state.ModelChoice, dataset: state.Dataset, pair_ids: Sequence[str],
-                              method: str) -> None:
-    base = state.base_choice()
+def show_before_after_dataset(run: state.ModelChoice, base: state.ModelChoice, dataset: state.Dataset,
+                              pair_ids: Sequence[str], method: str) -> None:
     cached = (state.cached_attribution(base, dataset, pair_ids, [method]) is not None
               and state.cached_attribution(run, dataset, pair_ids, [method]) is not None)
     if not cached and not st.button(f"Compare {len(pair_ids)} pairs", key="ba_run_dataset", type="primary"):

@@ -72,3 +72,31 @@ def test_dataset_accuracy_change(new_app, finished_run):
     pts = next(t for t in scatter["data"] if t.get("name") == "pairs")
     assert plotly_array(pts["x"]).tolist() == pytest.approx(base.logp_margin.tolist())
     assert plotly_array(pts["y"]).tolist() == pytest.approx(run.logp_margin.tolist())
+
+
+def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_path):
+    """A run trained from another model than the app's: before and pi_ref are that model, read from config.json."""
+    import json
+
+    from tiviz.attribution import attribute
+    from tiviz.models import LoadedModel, save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    other = tmp_path / "other-base"
+    save_model(LoadedModel(tiny_model(seed=2), tiny_tokenizer(), "tiny-seed2"), other)
+    (finished_run / "config.json").write_text(json.dumps({"model": str(other)}))
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    picker = at.selectbox(key="ba_base")
+    assert picker.value == str(other) and picker.options[1] == "tiny"
+    pair = load_pairs("sample_data/train.jsonl")[:1]
+    want = attribute(tiny_model(seed=1), pair, ["implicit_reward"], tokenizer=tiny_tokenizer(),
+                     ref_model=tiny_model(seed=2))
+    want = want[(want.side == "chosen") & want.in_response].sort_values("position")["score"].to_numpy()
+    got = np.array([float(re.search(r"score (\S+)", t).group(1)) for t in block_tips(at, "Chosen", "implicit_reward")])
+    np.testing.assert_allclose(got, want, rtol=6e-3, atol=1e-7)
+    before = block_tips(at, "Chosen", "tidpo")  # the first tidpo block is "before": seed 2's weights
+    at.selectbox(key="ba_base").set_value("tiny").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert block_tips(at, "Chosen", "tidpo") != before  # the app's own model (seed 0) as before
