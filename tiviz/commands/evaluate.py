@@ -68,14 +68,21 @@ def run(args: argparse.Namespace) -> int:
         ref = load_model(args.ref_model, device=args.device, dtype=args.dtype,
                          trust_remote_code=args.trust_remote_code).model
     t_load = time.perf_counter() - t0
+    # Each bar starts when its stage starts (not at its first report), so its rate and ETA are right.
     bars: dict[str, tqdm] = {}
+    if table is None:
+        bars["attribute"] = tqdm(total=len(pairs), unit="pair", mininterval=0, desc="attributing")
+    perturb_start = {"t": time.time()}  # tqdm's clock
 
     def progress(stage: str, done: int, total: int) -> None:
+        if stage == "attribute" and done >= total:
+            perturb_start["t"] = time.time()
         if stage not in bars:
-            unit = "pair" if stage == "attribute" else "sequence"
-            bars[stage] = tqdm(total=total, unit=unit, mininterval=0,
-                               desc="attributing" if stage == "attribute" else "perturbing")
+            bars[stage] = tqdm(total=total, unit="sequence", mininterval=0, desc="perturbing")
+            bars[stage].start_t = bars[stage].last_print_t = perturb_start["t"]  # it began when attribution ended
         bars[stage].update(done - bars[stage].n)
+        if done >= total:
+            bars[stage].close()
 
     ev = evaluate(loaded, pairs, args.methods, table=table, ref_model=ref, config=cfg,
                   data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
