@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tiviz.data import load_pairs
 from tiviz.testing import tiny_model, tiny_pairs, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """One torch thread for the tiny model (its ops are too small to split: tests/test_attribution.py and
+    test_hybrid.py took 11 s on one thread and 50 s on two on the shared 2-core machine), every core for the real
+    default model."""
+    import torch
+
+    torch.set_num_threads((os.cpu_count() or 1) if "smol" in request.fixturenames else 1)
 
 
 @pytest.fixture(scope="session")
