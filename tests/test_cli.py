@@ -58,3 +58,22 @@ def test_attribute_end_to_end(tmp_path, tiny_folder, capsys):
     prov = provenance(df)
     assert prov["data"]["file"] == str(pairs) and len(prov["data"]["sha256"]) == 64
     assert prov["settings"]["batch_size"] == 3
+
+
+def test_attribute_reuses_the_disk_cache_unless_told_not_to(tmp_path, tiny_folder, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(p) for p in tiny_pairs()), encoding="utf-8")
+    cache = tmp_path / "cache"
+    args = ["attribute", "--pairs", str(pairs), "--model", str(tiny_folder), "--methods", "gradient,attention",
+            "--cache-dir", str(cache)]
+    assert main([*args, "--out", str(tmp_path / "a.parquet")]) == 0
+    assert "from the cache" not in capsys.readouterr().out
+    n = len(tiny_pairs())
+    assert len(list(cache.rglob("*.parquet"))) == 2 * n
+    assert main([*args, "--out", str(tmp_path / "b.parquet")]) == 0
+    assert f"{2 * n} of {2 * n} (pair, method) results from the cache" in capsys.readouterr().out
+    a, b = read_table(tmp_path / "a.parquet"), read_table(tmp_path / "b.parquet")
+    assert provenance(b)["cache"] == {"folder": str(cache), "reused": 2 * n, "computed": 0}
+    assert a[["token", "score"]].equals(b[["token", "score"]])
+    assert main([*args, "--no-cache", "--out", str(tmp_path / "c.parquet")]) == 0
+    assert "cache" not in provenance(read_table(tmp_path / "c.parquet"))

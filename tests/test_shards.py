@@ -57,12 +57,18 @@ def count_calls(monkeypatch):
     return calls
 
 
+def same_as_one_run(merged: pd.DataFrame, direct: pd.DataFrame) -> None:
+    """Same rows in the same order; scores equal up to float noise: one run batches pairs of similar length from
+    the whole dataset, a shard only from its own pairs, so paddings (and the kernels' summation order) differ."""
+    pd.testing.assert_frame_equal(merged, direct, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
 def test_merged_shards_equal_one_run(tiny, tok, six_pairs, tmp_path):
     done = run(tiny, tok, six_pairs, tmp_path / "s")
     assert (done.n_shards, done.computed, done.skipped) == (3, [0, 1, 2], [])
     merged = merge_shards(tmp_path / "s")
     direct = attribute(tiny, six_pairs, METHODS, tokenizer=tok, **SETTINGS)
-    pd.testing.assert_frame_equal(merged, direct, check_exact=True)
+    same_as_one_run(merged, direct)
     prov = merged.attrs[PROVENANCE_KEY]
     assert prov["methods"] == METHODS and prov["settings"]["batch_size"] == 2
     assert prov["shards"]["count"] == 3 and prov["shards"]["pairs_sha256"][0] == pairs_hash(six_pairs[:2])
@@ -148,7 +154,7 @@ def test_ranks_split_the_shards_and_merge_to_one_run(tiny, tok, six_pairs, tmp_p
     r1 = run(tiny, tok, six_pairs, out, rank=1, world_size=2)
     assert (r0.computed, r1.computed) == ([0, 2], [1])
     direct = attribute(tiny, six_pairs, METHODS, tokenizer=tok, **SETTINGS)
-    pd.testing.assert_frame_equal(merge_shards(out), direct, check_exact=True)
+    same_as_one_run(merge_shards(out), direct)
 
 
 def test_manifest_records_the_run(tiny, tok, six_pairs, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 
 from tiviz.attribution.attention import attention_scores
+from tiviz.attribution.cache import AttributionCache, default_folder, side_major
 from tiviz.attribution.gradient import grad_x_input, gradient_norm, shared_embedding_gradients
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
@@ -50,6 +52,7 @@ def attribute(
     progress: Progress | None = None,
     model_id: str | None = None,
     data_info: dict[str, Any] | None = None,
+    cache: bool | str | Path = False,
     **settings: Any,
 ) -> pd.DataFrame:
     """Attribute every pair with every method; returns the tidy table (see `tiviz.table.COLUMNS`).
@@ -63,6 +66,8 @@ def attribute(
         config: an `AttributionConfig`; `settings` override its fields (e.g. `n_steps=32`).
         progress: called as progress(pairs_done, pairs_total) after each batch.
         data_info: provenance of the data (file, sha256) recorded in the table.
+        cache: True (the tiviz cache folder) or a folder: reuse (pair, method) results computed before with the
+            same weights, texts and settings, and store the new ones (see `tiviz.attribution.cache`).
     """
     cfg = AttributionConfig.from_dict({**(config.to_dict() if config else {}), **settings})
     names = resolve_methods(methods)
@@ -86,22 +91,45 @@ def attribute(
     total = len(pairs)
     encoded = [encode_pair(tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)
                for p in pairs]
-    frames: list[pd.DataFrame | None] = [None] * total
-    done = 0
-    for group in length_batches([max(len(s) for s in e) for e in encoded], cfg.batch_size, TOKENS_PER_FORWARD):
-        chunk = [pairs[i] for i in group]
-        seqs = [s for i in group for s in encoded[i]]
-        batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
-        scores = _score_batch(model, tokenizer, batch, names, cfg, ref_model)
-        for k, part in enumerate(_rows(chunk, seqs, batch, scores)):
-            frames[group[k]] = part
-        done += len(group)
-        if progress is not None:
-            progress(done, total)
-    kept = [f for f in frames if f is not None]
+    store = None
+    if cache:
+        store = AttributionCache(default_folder() if cache is True else Path(cache), model, ref_model, cfg)
+    # per pair and method: rows from the cache, or None (to compute)
+    parts: list[dict[str, pd.DataFrame | None]] = [
+        {m: store.get(store.key(p, e, m)) if store else None for m in names}
+        for p, e in zip(pairs, encoded, strict=True)]
+    todo: dict[tuple[str, ...], list[int]] = {}  # the methods still to compute -> the pairs that need them
+    for i, got in enumerate(parts):
+        missing = tuple(m for m in names if got[m] is None)
+        if missing:
+            todo.setdefault(missing, []).append(i)
+    done = total - sum(len(idx) for idx in todo.values())
+    if progress is not None and done:
+        progress(done, total)
+    for missing, idx in todo.items():
+        for group in length_batches([max(len(s) for s in encoded[i]) for i in idx], cfg.batch_size,
+                                    TOKENS_PER_FORWARD):
+            group = [idx[g] for g in group]
+            chunk = [pairs[i] for i in group]
+            seqs = [s for i in group for s in encoded[i]]
+            batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
+            scores = _score_batch(model, tokenizer, batch, list(missing), cfg, ref_model)
+            for i, part in zip(group, _rows(chunk, seqs, batch, scores), strict=True):
+                for m, rows in part.groupby("method", sort=False):
+                    parts[i][str(m)] = rows
+                    if store:
+                        store.put(store.key(pairs[i], encoded[i], str(m)), rows)
+            done += len(group)
+            if progress is not None:
+                progress(done, total)
+    frames = [side_major([got[m] for m in names if got[m] is not None], SIDES) for got in parts]
+    kept = [f for f in frames if len(f)]
     df = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=list(COLUMNS))
     df = validate(df)
     df.attrs[PROVENANCE_KEY] = _provenance(model, provenance_model, model_id, names, cfg, ref_model, data_info)
+    if store:
+        df.attrs[PROVENANCE_KEY]["cache"] = {"folder": str(store.folder), "reused": store.hits,
+                                             "computed": store.misses}
     return df
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +28,18 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: Any, *, skip: tupl
 def dataclass_overrides(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
     """The dataclass fields the user set on the command line."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    """`--cache-dir` and `--no-cache`: the on-disk attribution cache (`tiviz.attribution.cache`), on by default."""
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="reuse and store attributions here (default: $TIVIZ_CACHE_DIR/attributions, else "
+                        "~/.cache/tiviz/attributions); keyed by the weights, the texts and the settings")
+    parser.add_argument("--no-cache", action="store_true", help="compute everything; neither read nor write the cache")
+
+
+def cache_arg(args: argparse.Namespace) -> bool | Path:
+    """What `attribute(cache=...)` gets from the flags of `add_cache_flags`."""
+    if args.no_cache:
+        return False
+    return Path(args.cache_dir) if args.cache_dir else True

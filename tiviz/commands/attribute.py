@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tiviz.commands import add_dataclass_flags, dataclass_overrides
+from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
 from tiviz.config import AttributionConfig
 
 
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=32, metavar="N", help="pairs per shard (default: 32)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --shard-dir: keep its finished shards, compute the rest")
+    add_cache_flags(p)
     add_dataclass_flags(p, AttributionConfig)
     p.set_defaults(func=run)
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from tiviz.attribution import attribute, resolve_methods
     from tiviz.data import file_sha256, load_pairs
     from tiviz.models import load_model
-    from tiviz.table import write_table
+    from tiviz.table import PROVENANCE_KEY, write_table
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
     methods = resolve_methods(args.methods)
@@ -73,13 +74,16 @@ def run(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
-    df = attribute(loaded, pairs, methods, ref_model=ref, config=cfg, progress=progress,
+    df = attribute(loaded, pairs, methods, ref_model=ref, config=cfg, progress=progress, cache=cache_arg(args),
                    data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)})
     bar.close()
     out = write_table(df, args.out)
     elapsed = time.perf_counter() - t0
+    cached = df.attrs.get(PROVENANCE_KEY, {}).get("cache")
+    reuse = f"; {cached['reused']} of {cached['reused'] + cached['computed']} (pair, method) results from the cache " \
+        f"{cached['folder']} (--no-cache to recompute)" if cached and cached["reused"] else ""
     print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
-          f"in {elapsed:.1f} s ({elapsed / max(len(pairs), 1):.2f} s/pair)")
+          f"in {elapsed:.1f} s ({elapsed / max(len(pairs), 1):.2f} s/pair){reuse}")
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tiviz.commands import add_dataclass_flags, dataclass_overrides
+from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
 from tiviz.config import AttributionConfig
 
 
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    add_cache_flags(p)
     add_dataclass_flags(p, AttributionConfig)
     p.set_defaults(func=run)
 
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                   data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
                   target=args.faithfulness_target, baseline=args.removal, rank_by=args.rank_by,
                   n_random=args.n_random, seed=args.seed, faithfulness=not args.no_faithfulness,
-                  batch_size=args.perturb_batch_size, progress=progress)
+                  batch_size=args.perturb_batch_size, progress=progress,
+                  cache=cache_arg(args))
     for bar in bars.values():
         bar.close()
     print(ev.to_text())
