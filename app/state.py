@@ -205,8 +205,8 @@ class ModelChoice:
 
     label: str
     key: str  # cache key: the model id, or the run's folder and modification time
+    base: str  # the base model id: the model itself, or the one the run started from (its reference)
     run: str | None = None  # run name inside runs_dir()
-    base: str = ""  # the base model id: the model itself, or the one the run started from (its reference)
 
     @property
     def has_reference(self) -> bool:
@@ -259,14 +259,14 @@ def load_run_model(key: str, final_dir: str) -> LoadedModel:
 
 def get_model(choice: ModelChoice) -> LoadedModel:
     if choice.run is None:
-        return load_base_model(choice.base or base_model_id())
+        return load_base_model(choice.base)
     final = inside(runs_dir(), choice.run, what="run") / "final"
     return load_run_model(choice.key, str(final))
 
 
 def reference_for(choice: ModelChoice) -> Any | None:
     """The reference pi_ref for a choice: the run's base model for a run, none for a base model itself."""
-    return load_base_model(choice.base or base_model_id()).model if choice.has_reference else None
+    return load_base_model(choice.base).model if choice.has_reference else None
 
 
 @st.cache_resource(show_spinner=False)

@@ -509,9 +509,6 @@ def metrics_figure(metrics: pd.DataFrame, columns: Sequence[str], x: str = "step
     return style(fig, height=300)
 
 
-# ---------------------------------------------------------------------------------------------- internals
-
-
 def scores_figure(frame: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     """Quality scores (one row per method, as `tiviz evaluate` writes them): one panel per score column, a bar per
     method and a grey diamond for the random ranking of the same tokens (column `<score>_random`)."""
@@ -573,6 +570,9 @@ def histogram_figure(values: Sequence[float] | np.ndarray | pd.Series, label: st
     fig = go.Figure(go.Histogram(x=values, nbinsx=50, marker_color="#3b6fb6"))
     fig.update_layout(xaxis_title=escape_text(label), yaxis_title="tokens")
     return style(fig, 360)
+
+
+# ---------------------------------------------------------------------------------------------- internals
 
 
 def _values(rows: pd.DataFrame, value: Value) -> pd.Series:

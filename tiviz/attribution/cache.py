@@ -41,7 +41,8 @@ def default_folder() -> Path:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """A hash of every parameter and buffer (names, shapes, dtypes and values): about 0.5 s for 135M parameters."""
+    """A hash of every parameter and buffer (names, shapes, dtypes and values): 1.2 s for the 135M-parameter
+    default model on one CPU thread."""
     h = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
         for name, t in [*model.named_parameters(), *model.named_buffers()]:

@@ -94,10 +94,10 @@ def attribute(
     store = None
     if cache:
         store = AttributionCache(default_folder() if cache is True else Path(cache), model, ref_model, cfg)
-    # per pair and method: rows from the cache, or None (to compute)
+    # per pair and method: its cache key, and its rows from the cache or None (to compute)
+    keys = [{m: store.key(p, e, m) for m in names} if store else {} for p, e in zip(pairs, encoded, strict=True)]
     parts: list[dict[str, pd.DataFrame | None]] = [
-        {m: store.get(store.key(p, e, m)) if store else None for m in names}
-        for p, e in zip(pairs, encoded, strict=True)]
+        {m: store.get(k[m]) if store else None for m in names} for k in keys]
     todo: dict[tuple[str, ...], list[int]] = {}  # the methods still to compute -> the pairs that need them
     for i, got in enumerate(parts):
         missing = tuple(m for m in names if got[m] is None)
@@ -114,11 +114,11 @@ def attribute(
             seqs = [s for i in group for s in encoded[i]]
             batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
             scores = _score_batch(model, tokenizer, batch, list(missing), cfg, ref_model)
-            for i, part in zip(group, _rows(chunk, seqs, batch, scores), strict=True):
-                for m, rows in part.groupby("method", sort=False):
-                    parts[i][str(m)] = rows
-                    if store:
-                        store.put(store.key(pairs[i], encoded[i], str(m)), rows)
+            for i, by_method in zip(group, _rows(chunk, seqs, batch, scores), strict=True):
+                parts[i].update(by_method)
+                if store:
+                    for m, rows in by_method.items():
+                        store.put(keys[i][m], rows)
             done += len(group)
             if progress is not None:
                 progress(done, total)
@@ -231,10 +231,11 @@ def _gradients(model: Any, batch: Batch, names: list[str], sign: torch.Tensor, r
 
 
 def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: Batch,
-          scores: MethodScores) -> list[pd.DataFrame]:
-    """Unpad each sequence and lay its tokens out once per method; one frame per pair, in `chunk` order."""
-    parts: list[pd.DataFrame] = []
-    out: list[pd.DataFrame] = []
+          scores: MethodScores) -> list[dict[str, pd.DataFrame]]:
+    """Unpad each sequence and lay its tokens out once per method; per pair (in `chunk` order), method -> its
+    rows, chosen side first (the unit the cache stores)."""
+    out: list[dict[str, pd.DataFrame]] = []
+    sides: dict[str, list[pd.DataFrame]] = {}
     for b, seq in enumerate(seqs):
         pair, side = chunk[b // 2], SIDES[b % 2]
         n, off = len(seq), batch.offsets[b]
@@ -250,14 +251,14 @@ def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: B
             mag = np.abs(np.where(in_resp, sc, 0.0))
             total = mag.sum()
             weight = np.where(in_resp, mag / total if total > 0 else np.nan, np.nan)
-            parts.append(pd.DataFrame({
+            sides.setdefault(m, []).append(pd.DataFrame({
                 **base, "method": m, "score": sc, "weight": weight,
                 "target_value": float(value[b]) if value is not None else np.nan,
                 "convergence_delta": float(delta[b]) if delta is not None else np.nan,
             }))
         if b % 2 == 1:  # both sides of the pair are laid out
-            out.append(pd.concat(parts, ignore_index=True))
-            parts = []
+            out.append({m: pd.concat(frames, ignore_index=True) for m, frames in sides.items()})
+            sides = {}
     return out
 
 
