@@ -19,16 +19,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
-TRL_KEYS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
-TIDPO_KEYS = ("loss/dpo_w", "loss/triplet", "kl/chosen", "kl/rejected", "weights/entropy")
 
 
 def _clean(value: Any) -> Any:
