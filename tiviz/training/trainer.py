@@ -47,12 +47,13 @@ from tiviz.errors import ConfigError, TivizError
 from tiviz.models import LoadedModel, clear_quantizer, reference_copy, save_model
 from tiviz.tokenization import Batch, EncodedSequence, collate, pad_token_id
 from tiviz.training import checkpoint as ckpt
-from tiviz.training.config import TIDPOConfig
+from tiviz.training.config import TIDPOConfig, report_to_list
 from tiviz.training.data import EncodedPair, StepOrder, anchor_batch, encode_pairs, pair_rows, prompt_batch
 from tiviz.training.evaluation import evaluate_pairs
 from tiviz.training.metrics import METRICS_FILE, MetricsWriter, truncate_after
 from tiviz.training.reference import Reference
 from tiviz.training.step import Anchors, loss_terms, step_metrics
+from tiviz.training.trackers import PROJECT, hparams, project_config, require_trackers, tracker_record
 from tiviz.training.weighting import OnlineWeights
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,13 @@ class TIDPOTrainer:
         self.last_weights: dict[str, torch.Tensor] = {}
 
         bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        self.trackers = report_to_list(cfg.report_to)
+        require_trackers(self.trackers)
         # cpu=True without CUDA: accelerate then sets up gloo DDP (MULTI_CPU) when launched on several processes
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(
+            mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available(),
+            log_with=self.trackers or None,
+            project_config=project_config(self.run_dir) if self.trackers else None)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -594,6 +600,8 @@ class TIDPOTrainer:
         self.setup_reference()
 
         writer = MetricsWriter(self.run_dir / METRICS_FILE) if self.is_main else None
+        if self.trackers:
+            acc.init_trackers(PROJECT, config=hparams(self.config.to_dict()))
         previous_handler = self._install_sigint()
         step = start
         last_saved = start
@@ -604,8 +612,8 @@ class TIDPOTrainer:
                 metrics = self.step(step)
                 step += 1
                 metrics.update(step=step, epoch=step / self.order.steps_per_epoch, elapsed_s=self._elapsed())
-                if writer is not None and (step % self.config.logging_steps == 0 or step == self.total_steps):
-                    writer.write(_ordered(metrics))
+                if step % self.config.logging_steps == 0 or step == self.total_steps:
+                    self._log(writer, _ordered(metrics))
                 stop = self._report(step, "running", metrics) or self._stop_requested()
                 if step < self.total_steps and (stop or (self.config.save_steps and
                                                          step % self.config.save_steps == 0)):
@@ -625,10 +633,8 @@ class TIDPOTrainer:
                 self.save_checkpoint(step)
             eval_metrics: dict[str, float] = {}
             if self.eval_encoded:
-                eval_metrics = evaluate_pairs(self.policy, self.ref, self.eval_encoded, self.pad_id,
-                                              beta=self.config.beta, batch_size=self.config.batch_size)
-                if writer is not None:
-                    writer.write({"step": step, **eval_metrics})
+                eval_metrics = self.evaluate()
+                self._log(writer, {"step": step, **eval_metrics})
             final = None
             if self.is_main:
                 final = self.save_final()
@@ -645,6 +651,23 @@ class TIDPOTrainer:
             raise
         finally:
             self._restore_sigint(previous_handler)
+            if self.trackers:
+                acc.end_training()
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy and mean margin of the eval pairs under the current policy against the reference
+        (`tiviz.training.evaluation`); {} without eval pairs."""
+        if not self.eval_encoded:
+            return {}
+        return evaluate_pairs(self.policy, self.ref, self.eval_encoded, self.pad_id, beta=self.config.beta,
+                              batch_size=self.config.batch_size)
+
+    def _log(self, writer: MetricsWriter | None, record: dict[str, float]) -> None:
+        """One record to `RUN/metrics.jsonl` (main process) and to the trackers (`--report-to`)."""
+        if writer is not None:
+            writer.write(record)
+        if self.trackers:
+            self.accelerator.log(tracker_record(record), step=int(record["step"]))
 
     def _report(self, step: int, state: State, metrics: dict[str, float] | None) -> bool:
         if self.progress is None or not self.is_main:
