@@ -221,7 +221,7 @@ def base_choice(model_id: str | None = None) -> ModelChoice:
 
 def run_base_model(name: str) -> str:
     """The model a run started from (its `config.json`), or the app's model when the run does not say."""
-    from tiviz.training.trainer import read_run_config
+    from tiviz.training.runfolder import read_run_config
 
     try:
         recorded = read_run_config(inside(runs_dir(), name, what="run")).get("model")

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from tiviz.training.runfolder import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
