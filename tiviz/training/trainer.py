@@ -45,15 +45,18 @@ from tiviz.attribution.targets import token_logps
 from tiviz.data import PreferencePair
 from tiviz.errors import ConfigError, TivizError
 from tiviz.models import LoadedModel, clear_quantizer, reference_copy, save_model
+from tiviz.table import write_table
 from tiviz.tokenization import Batch, EncodedSequence, collate, pad_token_id
 from tiviz.training import checkpoint as ckpt
 from tiviz.training.config import TIDPOConfig, report_to_list
 from tiviz.training.data import EncodedPair, StepOrder, anchor_batch, encode_pairs, pair_rows, prompt_batch
 from tiviz.training.evaluation import evaluate_pairs
+from tiviz.training.fixed_weights import FixedWeights, importance_table
 from tiviz.training.metrics import MetricsWriter, truncate_after
 from tiviz.training.reference import Reference
 from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop: the trainer's public API)
     METRICS_FILE,
+    TOKEN_WEIGHTS,
     State,
     clear_stop,
     final_dir,
@@ -135,6 +138,8 @@ class TIDPOTrainer:
         should_stop: optional flag function polled after every step; True stops cleanly.
         data_info: what to record about the data in `RUN/config.json` (file, sha256...).
         extra_run_info: more provenance for `RUN/config.json` (preset name...).
+        weights_cache: with `weights_from`: the attribution cache the fixed weights go through (True: tiviz's
+            cache folder; a folder; False: none).
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class TIDPOTrainer:
         should_stop: Callable[[], bool] | None = None,
         data_info: dict[str, Any] | None = None,
         extra_run_info: dict[str, Any] | None = None,
+        weights_cache: bool | str | Path = True,
     ) -> None:
         from accelerate import Accelerator
 
@@ -212,7 +218,11 @@ class TIDPOTrainer:
         self.ref = Reference(ref_model, lambda: self.policy, self.accelerator.autocast)
         policy.train()
         self.fused_weights = not _has_active_dropout(policy)
-        self.weights = OnlineWeights(cfg, self.tokenizer, fused=self.fused_weights)
+        self.weights: OnlineWeights | FixedWeights = OnlineWeights(cfg, self.tokenizer, fused=self.fused_weights)
+        if cfg.weights_from is not None:
+            with self._timed("weights_precompute"):
+                table = importance_table(cfg, train_pairs, cache=weights_cache, device=str(self.accelerator.device))
+            self.weights = FixedWeights(cfg, self.train_encoded, table)
         params = [p for p in policy.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -492,6 +502,8 @@ class TIDPOTrainer:
             "total_steps": self.total_steps,
             **self.extra_run_info,
         }
+        if isinstance(self.weights, FixedWeights):
+            rec["token_weights"] = self.weights.provenance()
         from tiviz import __version__
 
         rec["tiviz_version"] = __version__
@@ -558,6 +570,8 @@ class TIDPOTrainer:
         if self.is_main:
             clear_stop(self.run_dir)
             self._write_run_config()
+            if isinstance(self.weights, FixedWeights):
+                write_table(self.weights.table, self.run_dir / TOKEN_WEIGHTS)
             write_status(self.run_dir, "running", start, self.total_steps)
         acc.wait_for_everyone()
 
