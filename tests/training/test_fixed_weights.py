@@ -99,3 +99,20 @@ def test_weights_from_a_causal_lm_folder_are_stored_with_the_run(tmp_path, tiny_
     pairs, batch = step0(tr)
     tr.micro_step(pairs, 0)
     check_weights(tr.last_weights["weights"], batch)
+
+
+def test_cli_trains_with_weights_from_a_run(tmp_path, finished_run, tiny_model_dir, tiny_pairs_file, monkeypatch,
+                                            capsys):
+    from tiviz.cli import main
+
+    from .conftest import fast_flags
+
+    monkeypatch.setenv("TIVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    code = main(["train", "--pairs", str(tiny_pairs_file), "--model", str(tiny_model_dir), "--out",
+                 str(tmp_path / "run"), "--preset", "dpo", "--weighting", "grad_x_input", "--weighting-target",
+                 "logprob", "--weights-from", str(finished_run), *fast_flags(max_steps=1)])
+    assert code == 0 and "finished 1 steps" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert rec["tidpo"]["weights_from"] == str(finished_run)
+    assert rec["token_weights"]["weights_from"]["kind"] == "run"
+    assert rec["token_weights"]["cache"]["folder"].startswith(str(tmp_path / "cache"))

@@ -24,10 +24,16 @@ def eval_metrics(margins: torch.Tensor) -> dict[str, float]:
             "eval/n_pairs": float(m.numel())}
 
 
-@torch.no_grad()
 def evaluate_pairs(policy: Any, reference: Reference, encoded: list[EncodedPair], pad_id: int, *, beta: float,
                    batch_size: int = 8) -> dict[str, float]:
     """Held-out accuracy and mean margin of `encoded` pairs under the policy against `reference`."""
+    return eval_metrics(pair_margins(policy, reference, encoded, pad_id, beta=beta, batch_size=batch_size))
+
+
+@torch.no_grad()
+def pair_margins(policy: Any, reference: Reference, encoded: list[EncodedPair], pad_id: int, *, beta: float,
+                 batch_size: int = 8) -> torch.Tensor:
+    """Each pair's implicit-reward margin under the policy against `reference`, (N,)."""
     from tiviz.attribution.targets import token_logps
     from tiviz.training.losses import token_log_ratios
 
@@ -47,4 +53,4 @@ def evaluate_pairs(policy: Any, reference: Reference, encoded: list[EncodedPair]
             margins.append(beta * (ratio[:b].sum(-1) - ratio[b:].sum(-1)))  # (b,)
     finally:
         policy.train(was_training)
-    return eval_metrics(torch.cat(margins))
+    return torch.cat(margins)
