@@ -14,7 +14,7 @@ bootstrap 95 % interval that resamples seeds and test pairs, and held-out accura
 Datasets: `sample` (sample_data/train.jsonl, test.jsonl) and `planted` (the planted-cue pairs of `tiviz.planted`:
 responses identical except a short deciding cue and a label-independent distractor), when that module exists.
 
-    .venv/bin/python benchmarks/alignment.py                  # the scaled-down default (about 20 min on 2 CPU cores)
+    .venv/bin/python benchmarks/alignment.py                  # the scaled-down default (DEFAULT)
     .venv/bin/python benchmarks/alignment.py --full           # the GPU-sized study (see FULL)
     .venv/bin/python benchmarks/alignment.py --sources uniform,tidpo --seeds 0 --steps 2 --datasets sample  # smoke
 """
@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("uniform", "tidpo", "gradient", "grad_x_input", "random", "gradient@base")
 """Weight sources: a `weighting` id (online, from the current policy) or `METHOD@base` (computed once from the
 base model, `--weights-from`); `uniform` is plain DPO, the baseline."""
-DEFAULT = {"sources": "uniform,tidpo,gradient@base,random", "datasets": "sample,planted", "seeds": "0,1,2",
-           "steps": 6, "eval_every": 3, "batch_size": 4, "max_length": 160, "max_prompt_length": 96,
-           "n_train": 24, "n_test": 24, "planted_n": 64, "lr": 5e-4}
+DEFAULT = {"sources": "uniform,tidpo,gradient@base", "datasets": "sample,planted", "seeds": "0,1,2",
+           "steps": 4, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
+           "n_train": 16, "n_test": 16, "planted_n": 64, "lr": 1e-3}
+"""Scaled to about 20 minutes on a shared 2-core CPU (a LoRA step of 2 pairs took 25-45 s under load here)."""
 FULL = {"sources": ",".join(SOURCES) + ",attention,integrated_gradients,implicit_reward", "datasets": "sample,planted",
         "seeds": "0,1,2,3,4", "steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 512,
         "max_prompt_length": 256, "n_train": 0, "n_test": 0, "planted_n": 400, "lr": 5e-5}

@@ -95,10 +95,22 @@ def test_weights_from_a_causal_lm_folder_are_stored_with_the_run(tmp_path, tiny_
     stored = read_table(tmp_path / "run" / "token_weights.parquet")
     assert set(stored["method"]) == {"grad_x_input"} and stored["pair_id"].nunique() == len(tiny_pairs())
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["token_weights"]["weights_from"] == {"kind": "causal_lm", "model": str(tiny_model_dir)}
+    source = cfg["token_weights"]["weights_from"]
+    assert source["kind"] == "causal_lm" and source["source"] == str(tiny_model_dir)
+    assert source["scorer"]["kind"] == "likelihood"
     pairs, batch = step0(tr)
     tr.micro_step(pairs, 0)
     check_weights(tr.last_weights["weights"], batch)
+
+
+def test_a_reward_model_is_refused_with_a_clear_error(tmp_path):
+    from tiviz.errors import ConfigError
+    from tiviz.testing import save_tiny_reward_model
+
+    folder = tmp_path / "rm"
+    save_tiny_reward_model(folder)
+    with pytest.raises(ConfigError, match="reward model"):
+        fixed_trainer(tmp_path, "run", folder, "gradient", tmp_path / "cache")
 
 
 def test_cli_trains_with_weights_from_a_run(tmp_path, finished_run, tiny_model_dir, tiny_pairs_file, monkeypatch,

@@ -44,27 +44,27 @@ def attribution_method(cfg: TIDPOConfig) -> str:
 
 
 def load_weight_scorer(source: str, *, device: str | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(model, tokenizer, reference model or None, provenance) of a `--weights-from` source.
+    """(model, tokenizer, reference model or None, provenance) of a `--weights-from` source, loaded by
+    `tiviz.scoring.load_scorer`: a tiviz run folder gives its `final/` model against the run's base model, any other
+    causal LM scores alone.
 
-    A tiviz run folder gives its `final/` model against the run's base model; anything else loads as a causal LM
-    (`tiviz.models.load_model`), or through `tiviz.scoring.load_scorer` when that module is present.
+    Raises:
+        ConfigError: a run folder without `final/`, or a reward model (the attribution methods read a causal LM's
+            logits; a reward model's scalar is not one of their targets in this build).
     """
-    from tiviz.models import load_model
-    from tiviz.training.runfolder import final_dir, is_run_folder, read_run_config
+    from tiviz.scoring import load_scorer
+    from tiviz.training.runfolder import final_dir, is_run_folder
 
-    path = Path(source)
-    if is_run_folder(path):
-        final = final_dir(path)
-        if not final.is_dir():
-            raise ConfigError("weights_from", source, "a finished run (its final/ folder is missing: finish or "
-                              "resume the run first)")
-        base = str(read_run_config(path).get("model") or "")
-        policy = load_model(str(final), dtype="float32", device=device)
-        reference = load_model(base, dtype="float32", device=device) if base else None
-        info = {"kind": "run", "run": str(path), "final": str(final), "reference": base or None}
-        return policy.model, policy.tokenizer, reference.model if reference else None, info
-    loaded = load_model(source, dtype="float32", device=device)
-    return loaded.model, loaded.tokenizer, None, {"kind": "causal_lm", "model": source}
+    if is_run_folder(source) and not final_dir(source).is_dir():
+        raise ConfigError("weights_from", source, "a finished run (its final/ folder is missing: finish or resume "
+                          "the run first)")
+    scorer = load_scorer(source, device=device, dtype="float32")
+    if scorer.kind == "reward_model":
+        raise ConfigError("weights_from", source, "a tiviz run or a causal LM: the attribution methods explain a "
+                          "causal LM's logits, and a reward model's score is not one of their targets yet")
+    info = {"kind": "run" if scorer.reference is not None else "causal_lm", "source": source,
+            "scorer": scorer.provenance()}
+    return scorer.model, scorer.tokenizer, scorer.reference, info
 
 
 def importance_table(cfg: TIDPOConfig, pairs: list[PreferencePair], *, cache: bool | str | Path = True,
@@ -77,7 +77,7 @@ def importance_table(cfg: TIDPOConfig, pairs: list[PreferencePair], *, cache: bo
     model, tokenizer, reference, info = load_weight_scorer(cfg.weights_from, device=device)
     method = attribution_method(cfg)
     df = attribute(model, pairs, [method], tokenizer=tokenizer, ref_model=reference, config=attribution_config(cfg),
-                   model_id=info.get("final") or info.get("model"), cache=cache)
+                   model_id=info["scorer"].get("model_id") or cfg.weights_from, cache=cache)
     df.attrs["tiviz"]["weights_from"] = info
     return df
 

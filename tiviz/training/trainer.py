@@ -50,7 +50,7 @@ from tiviz.tokenization import Batch, EncodedSequence, collate, pad_token_id
 from tiviz.training import checkpoint as ckpt
 from tiviz.training.config import TIDPOConfig, report_to_list
 from tiviz.training.data import EncodedPair, StepOrder, anchor_batch, encode_pairs, pair_rows, prompt_batch
-from tiviz.training.evaluation import evaluate_pairs
+from tiviz.training.evaluation import evaluate_policy
 from tiviz.training.fixed_weights import FixedWeights, importance_table
 from tiviz.training.metrics import MetricsWriter, truncate_after
 from tiviz.training.reference import Reference
@@ -634,11 +634,11 @@ class TIDPOTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy and mean margin of the eval pairs under the current policy against the reference
-        (`tiviz.training.evaluation`); {} without eval pairs."""
+        (`tiviz.training.evaluation`, through `tiviz.scoring`); {} without eval pairs."""
         if not self.eval_encoded:
             return {}
-        return evaluate_pairs(self.policy, self.ref, self.eval_encoded, self.pad_id, beta=self.config.beta,
-                              batch_size=self.config.batch_size)
+        return evaluate_policy(self.policy, self.ref.model, self.eval_encoded, beta=self.config.beta,
+                               batch_size=self.config.batch_size)
 
     def _log(self, writer: MetricsWriter | None, record: dict[str, float]) -> None:
         """One record to `RUN/metrics.jsonl` (main process) and to the trackers (`--report-to`)."""
