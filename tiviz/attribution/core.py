@@ -271,3 +271,11 @@ def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names:
     if "implicit_reward" in names:
         prov["notes"] = ["implicit_reward is all zeros while the policy equals its reference (before training)"]
     return prov
+
+
+def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[str], config: AttributionConfig,
+                  ref_model: Any | None = None) -> dict[str, torch.Tensor]:
+    """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
+    `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
+    its token weights from any method (docs/METHOD.md, weight sources)."""
+    return {m: s for m, (s, _, _) in _score_batch(model, tokenizer, batch, list(methods), config, ref_model).items()}
