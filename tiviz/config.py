@@ -30,7 +30,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 @dataclass
 class AttributionConfig:
-    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (shared/TI-DPO.md) and Captum."""
+    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (docs/METHOD.md §2) and Captum."""
 
     target: str = field(default="logprob", metadata={"help": "what the gradient methods explain: max_logit "
                         "(TI-DPO Eq. 4), logprob (response log-likelihood), reward (implicit reward, needs a "
