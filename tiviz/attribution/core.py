@@ -30,15 +30,20 @@ from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
 from tiviz.errors import ConfigError
 from tiviz.table import COLUMNS, PROVENANCE_KEY, validate
-from tiviz.tokenization import SIDES, Batch, EncodedSequence, collate, encode_pair, pad_token_id
+from tiviz.tokenization import (
+    SIDES,
+    TOKENS_PER_FORWARD,
+    Batch,
+    EncodedSequence,
+    collate,
+    encode_pair,
+    length_batches,
+    pad_token_id,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
-# Padded tokens (rows x length) per forward pass, for the batches of pairs and for integrated gradients' internal
-# batches (steps x rows). The default model keeps about 1.5 MB per token for the backward, so 1024 tokens hold
-# about 1.6 GB; on CPU a forward is no faster per token beyond a few hundred tokens.
-TOKENS_PER_FORWARD = 1024
 
 
 def attribute(
@@ -131,24 +136,6 @@ def attribute(
         df.attrs[PROVENANCE_KEY]["cache"] = {"folder": str(store.folder), "reused": store.hits,
                                              "computed": store.misses}
     return df
-
-
-def length_batches(lengths: Sequence[int], max_pairs: int, max_tokens: int) -> list[list[int]]:
-    """Group pair indices into batches of similar length (less padding), in length order.
-
-    A batch holds at most `max_pairs` pairs and, unless it is a single pair, at most `max_tokens` padded tokens
-    (2 rows per pair x its longest side).
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda j: (lengths[j], j)):
-        if current and (len(current) >= max_pairs or 2 * (len(current) + 1) * lengths[i] > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
