@@ -1,7 +1,7 @@
 """Alignment effect of the token-weight source: each source against uniform-weight DPO, paired.
 
 Every configuration is our DPO (`dpo` preset: no KL term, no triplet term) with its token weights from one source
-(docs/METHOD.md, weight sources), so the weights are the only difference. For each seed every source trains with
+(docs/TRAINING.md, token-weight sources), so the weights are the only difference. For each seed every source trains with
 the same data order, the same LoRA initialisation and the same reference (the base model, adapter disabled), so the
 per-pair difference against uniform DPO on the same held-out pairs is a paired comparison:
 
