@@ -37,7 +37,7 @@ SOURCES = ("uniform", "tidpo", "gradient", "grad_x_input", "random", "gradient@b
 """Weight sources: a `weighting` id (online, from the current policy) or `METHOD@base` (computed once from the
 base model, `--weights-from`); `uniform` is plain DPO, the baseline."""
 DEFAULT = {"sources": "uniform,tidpo,gradient@base", "datasets": "sample,planted", "seeds": "0,1,2",
-           "steps": 4, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
+           "steps": 3, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
            "n_train": 16, "n_test": 16, "planted_n": 64, "lr": 1e-3}
 """Scaled to about 20 minutes on a shared 2-core CPU (a LoRA step of 2 pairs took 25-45 s under load here)."""
 FULL = {"sources": ",".join(SOURCES) + ",attention,integrated_gradients,implicit_reward", "datasets": "sample,planted",
