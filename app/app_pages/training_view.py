@@ -17,7 +17,7 @@ from tiviz.errors import TivizError
 
 def train_form(dataset: state.Dataset) -> None:
     """Preset plus the main knobs; Start launches `tiviz train` as a separate process."""
-    from tiviz.training.config import PRESET_HELP, config_from_preset, list_presets
+    from tiviz.training.config import PRESET_HELP, config_from_preset, list_presets, weighting_choices
 
     preset = st.selectbox("Preset", list_presets(), key="train_preset", format_func=lambda p: f"{p}: {PRESET_HELP[p]}")
     base = config_from_preset(preset)
@@ -37,11 +37,26 @@ def train_form(dataset: state.Dataset) -> None:
                                        key=f"train_maxlen_{preset}")
         name = c[3].text_input("Run name", placeholder="automatic", key="train_name",
                                help="Letters, digits, '.', '_' and '-'; the run is saved in the runs folder")
+        c = st.columns(4)
+        choices = list(weighting_choices())
+        weighting = c[0].selectbox("Token weights from", choices, index=choices.index(base.weighting),
+                                   key=f"train_weighting_{preset}",
+                                   help="An attribution method, uniform (DPO) or random; through the hybrid step")
+        target = c[1].selectbox("Target (gradient methods)", ["max_logit", "logprob", "margin", "reward"],
+                                key=f"train_wtarget_{preset}")
+        weights_from = c[2].text_input("Weights from (run folder or model)", placeholder="online: the policy",
+                                       key="train_weights_from",
+                                       help="Compute the weights once with this scorer instead of at every step")
+        lora = c[3].checkbox("LoRA (r 16)", value=base.use_lora, key=f"train_lora_{preset}",
+                             help="Train a small adapter instead of every weight: much faster steps on a CPU")
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         overrides = {"batch_size": int(batch_size), "learning_rate": float(lr), "beta": float(beta),
                      "lam": float(lam), "gamma": float(gamma), "max_length": int(max_length),
-                     "max_prompt_length": int(max_length) // 2, "logging_steps": 1}
+                     "max_prompt_length": int(max_length) // 2, "logging_steps": 1, "weighting": weighting,
+                     "weighting_target": target, "use_lora": bool(lora)}
+        if weights_from.strip():
+            overrides["weights_from"] = weights_from.strip()
         start_training(dataset, preset, int(max_steps), overrides, name.strip())
 
 
