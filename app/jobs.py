@@ -21,8 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from tiviz.errors import TivizError
-from tiviz.training.runfolder import STATUS_FILE, read_status, request_stop, stop_requested
+from tiviz.errors import ModelError, TivizError
+from tiviz.training.runfolder import (
+    STATUS_FILE,
+    final_dir,
+    read_status,
+    request_stop,
+    stop_requested,
+    verify_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +231,7 @@ class RunInfo:
     total_steps: int | None
     finished: bool  # has loadable final weights and is not running
     modified: float
+    problem: str | None = None  # why final/ cannot be loaded (state "damaged"), e.g. a truncated weights file
 
 
 def list_runs(root: Path, exclude: set[str] | None = None) -> list[RunInfo]:
@@ -236,12 +244,19 @@ def list_runs(root: Path, exclude: set[str] | None = None) -> list[RunInfo]:
         if not d.is_dir() or d.name.startswith(".") or d.is_symlink() or (exclude and d.name in exclude):
             continue
         status = read_status(d)
-        final = d / "final"
+        final = final_dir(d)
         has_final = (final / "config.json").exists() and any(final.glob("*.safetensors"))
         state = str(status.get("state") or ("finished" if has_final else "unknown"))
+        problem = None
+        if has_final and state not in RUNNING_STATES:
+            try:
+                verify_model_folder(final, checksums=False)  # sizes and frames: cheap enough for every draw
+            except ModelError as err:
+                problem, state, has_final = str(err), "damaged", False
         runs.append(RunInfo(name=d.name, path=d, state=state, step=_int(status.get("step")),
                             total_steps=_int(status.get("total_steps")),
-                            finished=has_final and state not in RUNNING_STATES, modified=d.stat().st_mtime))
+                            finished=has_final and state not in RUNNING_STATES, modified=d.stat().st_mtime,
+                            problem=problem))
     return sorted(runs, key=lambda r: r.modified, reverse=True)
 
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from app import jobs
 from tiviz.cli import build_parser
@@ -31,7 +33,7 @@ def test_status_and_runs_listing(tmp_path):
     done = tmp_path / "done"
     (done / "final").mkdir(parents=True)
     (done / "final" / "config.json").write_text("{}")
-    (done / "final" / "model.safetensors").write_bytes(b"x")
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(done / "final" / "model.safetensors"))
     (done / "status.json").write_text(json.dumps({"state": "finished", "step": 5, "total_steps": 5}))
     running = tmp_path / "running"
     running.mkdir()

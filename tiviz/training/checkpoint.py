@@ -21,7 +21,6 @@ skips it, with a warning, for the one before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,21 +33,23 @@ from typing import Any
 
 import torch
 
-from tiviz.errors import TivizError
-from tiviz.training.runfolder import CHECKPOINTS
+from tiviz.data import file_sha256  # noqa: F401  (checkpoint users check files with it)
+from tiviz.training.runfolder import (
+    CHECKPOINTS,
+    MANIFEST,
+    CheckpointError,
+    check_files,
+    fsync_path,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tiviz-checkpoint/1"
-MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 SCHEDULER_FILE = "scheduler.pt"
 TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(TivizError):
-    """A checkpoint that is missing files, fails its checksums, or cannot be read."""
 
 
 @dataclass
@@ -70,35 +71,6 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_name(step: int) -> str:
     return f"step-{step:07d}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- RNG states
@@ -156,7 +128,6 @@ def write_rng_state(tmp: Path, rank: int) -> None:
     """Every process writes its own RNG states into the temporary folder."""
     path = tmp / f"rng_state_{rank}.pt"
     torch.save(get_rng_state(), path)
-    _fsync_file(path)
 
 
 def finish_checkpoint(
@@ -198,20 +169,12 @@ def publish_checkpoint(tmp: Path, run_dir: str | Path, step: int, *, trainer_sta
     checkpoints (main process only, after every process has written its files). Returns the final folder."""
     run_dir = Path(run_dir)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    files = {}
-    for p in sorted(tmp.rglob("*")):
-        if p.is_file() and p != tmp / MANIFEST:
-            _fsync_file(p)
-            files[p.relative_to(tmp).as_posix()] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-    manifest = {"format": FORMAT, "step": step, "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / MANIFEST)
-    _fsync_dir(tmp)
+    write_manifest(tmp, FORMAT, step=step)
     final = checkpoint_root(run_dir) / step_name(step)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -363,39 +326,8 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable {MANIFEST} ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {MANIFEST} is not a {FORMAT} manifest")
-    check_files(path, manifest.get("files"), what=f"{MANIFEST} field 'files'")
+    check_files(path, manifest.get("files"), error=CheckpointError)
     return manifest
-
-
-def check_files(folder: Path, files: Any, *, what: str) -> None:
-    """Check `folder` against a manifest's `files` ({relative path: {"sha256", "bytes"}}): well formed, not
-    empty, every listed file present with its size and checksum, and no file left unlisted (the manifest itself
-    excepted). One check for checkpoints and for `RUN/final/`.
-
-    Raises:
-        CheckpointError: naming the folder, the file and what is wrong.
-    """
-    if not isinstance(files, dict) or not files:
-        raise CheckpointError(f"{folder}: {what} must be a non-empty object of file name -> {{sha256, bytes}}, "
-                              f"found {json.dumps(files)[:80]}")
-    for name, info in files.items():
-        f = folder / name
-        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or \
-                not isinstance(info.get("sha256"), str):
-            raise CheckpointError(f"{folder}: {what}: entry {name!r} needs an integer 'bytes' and a string "
-                                  f"'sha256', found {json.dumps(info)[:80]}")
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise CheckpointError(f"{folder}: {what}: entry {name!r} points outside the folder")
-        if not f.is_file():
-            raise CheckpointError(f"{folder}: file {name} listed in the manifest is missing")
-        if f.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"{folder}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']}")
-        if file_sha256(f) != info["sha256"]:
-            raise CheckpointError(f"{folder}: {name} fails its sha256 checksum (corrupt)")
-    unlisted = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*"))
-                if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in files]
-    if unlisted:
-        raise CheckpointError(f"{folder}: {', '.join(unlisted[:3])} not listed in the manifest (would load unchecked)")
 
 
 def latest_good_checkpoint(run_dir: str | Path) -> Path | None:

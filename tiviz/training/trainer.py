@@ -61,14 +61,17 @@ from tiviz.training.losses import (
 )
 from tiviz.training.metrics import MetricsWriter, truncate_after
 from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop: the trainer's public API)
+    FINAL_FORMAT,
     METRICS_FILE,
     State,
+    check_resume_model,
     clear_stop,
     final_dir,
     read_run_config,
     read_status,
     request_stop,
     stop_requested,
+    write_manifest,
     write_run_config,
     write_status,
 )
@@ -608,6 +611,7 @@ class TIDPOTrainer:
         info = {"base_model": self.loaded.model_id, "steps": self.total_steps, "data": self.data_info,
                 "tidpo": self.config.to_dict(), **self.extra_run_info}
         (tmp / "tiviz_training.json").write_text(json.dumps(info, indent=1, default=str))
+        write_manifest(tmp, FINAL_FORMAT)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -632,6 +636,7 @@ class TIDPOTrainer:
         self._t0 = time.perf_counter()
         start = 0
         if resume:
+            check_resume_model(self.run_dir, self.loaded.model_id)
             if self.is_main:
                 ckpt.remove_partial(self.run_dir)
             acc.wait_for_everyone()
