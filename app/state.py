@@ -1,5 +1,5 @@
 """What the app knows and computes: the datasets, the models, cached attributions and scores, per-session
-folders, and the guards on uploads and paths. No widgets here (those are in `app_pages/components.py`).
+folders, and the guards on uploads and paths. No widgets here (those are in `app_pages/`).
 
 Models are cached once per process with `st.cache_resource`, keyed by model id (or run folder and its time
 stamp). Attribution tables are cached per (model, data, pair ids, method, settings) in one process-wide LRU
