@@ -49,8 +49,8 @@ def test_status_and_runs_listing(tmp_path):
 
 def test_cancel_before_training_starts_terminates(tmp_path):
     manager = jobs.JobManager(max_running=1)
-    job = jobs.Job(owner="s1", run_dir=tmp_path, command=["sleep"],
-                   process=subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    job = jobs.Job.of("s1", tmp_path, subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                       start_new_session=True), ["sleep"])
     manager._jobs["s1"] = job
     assert job.status()["state"] == "starting"
     with pytest.raises(jobs.JobRefused, match="yours"):

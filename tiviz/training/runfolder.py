@@ -74,8 +74,13 @@ def write_status(run_dir: str | Path, state: State, step: int, total_steps: int,
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """The run's status.json ({state, step, total_steps, pid, updated, ...}); {} when absent, half-written or not
     a JSON object (a reader polls while the trainer writes)."""
+    return read_json_object(Path(run_dir) / STATUS_FILE)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A small JSON file another process replaces while we read; {} when absent, half-written or not an object."""
     try:
-        data = json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -111,11 +116,13 @@ def final_dir(run_dir: str | Path) -> Path:
 
 def check_resume_model(run_dir: str | Path, model_id: str) -> None:
     """Refuse to resume a run with another model than the one it started with (compared as folders when both
-    name one, else as ids).
+    name one, else as ids); a folder without config.json has nothing to compare with.
 
     Raises:
         TivizError: the model differs from the one in `RUN/config.json`.
     """
+    if not (Path(run_dir) / RUN_CONFIG).exists():
+        return
     saved = read_run_config(run_dir).get("model")
     if not saved or _same_model(str(saved), model_id):
         return
