@@ -9,7 +9,6 @@ import atexit
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import psutil
 import pytest
 
 from app import jobs
+
+from .test_kill_resume import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_TRAINER = r'''
@@ -141,6 +142,8 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from app import jobs
+
+from .test_kill_resume import free_port
 script, runs = sys.argv[2], Path(sys.argv[3])
 jobs.train_command = lambda req: [sys.executable, script, str(req.out), "obedient"]
 m = jobs.JobManager(max_running=1, runs_dir=runs)
@@ -164,12 +167,6 @@ def test_the_app_exiting_stops_its_job_and_the_jobs_workers(tmp_path):
     wait_for(lambda: gone(trainer) and gone(worker), timeout=10, what="the job to end with the app")
     assert json.loads((runs / "r" / "status.json").read_text())["state"] == "cancelled"  # it stopped cleanly
     assert not (runs / "r" / "got-sigterm").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 STREAMLIT_WITH_ATEXIT = r'''
