@@ -87,3 +87,15 @@ def test_app_help_does_not_load_torch():
     assert "torch" not in subprocess.run(
         [sys.executable, "-c", "import sys, tiviz.commands.app; print(' '.join(sys.modules))"],
         capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_train_page_shows_a_damaged_run_and_does_not_offer_it(new_app, finished_run):
+    weights = finished_run / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])  # a copy cut short
+    at = new_app()
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning] == ["A run's saved model is damaged and cannot be loaded:"]
+    [code] = [c.value for c in at.code if "model.safetensors" in c.value]
+    assert "truncated" in code and "trained" in code
+    assert "No finished runs" in " ".join(c.value for c in at.caption)
