@@ -259,6 +259,10 @@ def load_state_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     verify_checkpoint(path)
+    if (path / "optimizer.pt").exists():
+        raise CheckpointError(f"{path}: a checkpoint of the plain layout (`save_checkpoint`, also written by tiviz "
+                              "before its checkpoints used accelerate), which the trainer cannot resume. Fix: "
+                              "start a new run")
     kwargs: dict[str, Any] = {}
     if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         for model in accelerator._models:  # the file holds the trainable parameters only: check them by name
