@@ -143,7 +143,6 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from app import jobs
 
-from .test_kill_resume import free_port
 script, runs = sys.argv[2], Path(sys.argv[3])
 jobs.train_command = lambda req: [sys.executable, script, str(req.out), "obedient"]
 m = jobs.JobManager(max_running=1, runs_dir=runs)
