@@ -227,7 +227,6 @@ class JobManager:
         self.max_running = max_running
         self._jobs: dict[str, Job] = {}  # owner -> latest job
         self._lock = threading.Lock()
-        self._closed = threading.Event()
         for job_file in sorted(Path(runs_dir).glob(f"*/{JOB_FILE}")) if runs_dir else []:
             job = Job.adopt(job_file.parent)
             if job is not None:
@@ -294,7 +293,8 @@ class JobManager:
             j.enforce_stop()
 
     def _watch(self) -> None:
-        while not self._closed.wait(WATCH_EVERY_S):
+        while True:  # a daemon thread: it ends with the app
+            time.sleep(WATCH_EVERY_S)
             try:
                 self.enforce_stops()
             except Exception:  # never let the watcher die silently
@@ -303,7 +303,6 @@ class JobManager:
     def shutdown(self, grace_s: float = EXIT_GRACE_S) -> None:
         """End every running job (app exit, tests): ask each trainer to stop (it checkpoints after its step),
         wait up to `grace_s`, then terminate their process groups and kill what is left `KILL_AFTER_S` later."""
-        self._closed.set()
         with self._lock:
             jobs = [j for j in self._jobs.values() if j.alive()]
         for j in jobs:
