@@ -43,7 +43,7 @@ UPLOAD = "upload a file…"
 UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
 TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
 RESULT_CACHE_ENTRIES = 256
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the whole name (fullmatch: "x\n" is refused)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -76,7 +76,7 @@ def inside(root: Path, name: str, *, what: str = "name") -> Path:
         ConfigError: naming the field and what is allowed.
     """
     allowed = f"a plain name (letters, digits, '.', '_', '-') inside {root}"
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(what, name, allowed)
     path = (root / name).resolve()
     if not path.is_relative_to(root.resolve()):

@@ -7,6 +7,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from tiviz.errors import ConfigError
+
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: Any, *, skip: tuple[str, ...] = ()) -> None:
     """Add one `--field-name` flag per dataclass field, with the field's help text; defaults stay None so that
@@ -28,6 +30,22 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: Any, *, skip: tupl
 def dataclass_overrides(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
     """The dataclass fields the user set on the command line."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def check_limit(value: int | None, flag: str = "limit") -> None:
+    """Refuse a `--limit` that is not a positive count before any work starts (a negative slice would silently
+    drop pairs from the end, and 0 would mean "all")."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(flag, value, "an integer >= 1 (leave the flag out for every pair)")
+
+
+def check_table_out(path: str | Path, flag: str = "out") -> None:
+    """Refuse an output table whose suffix names no table format, before hours of attribution are spent."""
+    from tiviz.table import FORMATS
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise ConfigError(flag, str(path), f"a file ending in {', '.join('.' + f for f in FORMATS)}")
 
 
 def add_cache_flags(parser: argparse.ArgumentParser) -> None:
