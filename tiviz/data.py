@@ -30,6 +30,11 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # The csv module refuses fields over 128 KiB by default; long responses are legitimate.
 _CSV_FIELD_LIMIT = 1 << 30
+# CSV cells that may hold JSON, and what their text must start like to be decoded (else it stays text).
+_MESSAGE_LIST = re.compile(r"\[\s*\{")
+_STRING_LIST = re.compile(r'\[\s*["\]]')
+_CSV_JSON_CELLS = {"prompt": _MESSAGE_LIST, "chosen": _MESSAGE_LIST, "rejected": _MESSAGE_LIST,
+                   "rationale_chosen": _STRING_LIST, "rationale_rejected": _STRING_LIST}
 
 
 @dataclass(frozen=True)
@@ -262,19 +267,28 @@ def _read_csv_rows(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
                     fix="quote fields that contain commas or newlines",
                 )
             else:
-                yield start, {h: _csv_cell(v) for h, v in zip(header, row, strict=True)}
+                try:
+                    yield start, {h: _csv_cell(h, v, label, start) for h, v in zip(header, row, strict=True)}
+                except DataError as err:
+                    yield start, err
         start = reader.line_num + 1
 
 
-def _csv_cell(value: str) -> Any:
-    """CSV cells holding JSON lists (rationales, messages) are decoded; everything else stays text."""
+def _csv_cell(key: str, value: str, label: str, line: int) -> Any:
+    """A CSV cell as loaded: JSON is decoded only in the cells meant to hold one (prompt / chosen / rejected that
+    look like a message list, rationales that look like a list of strings), so a plain-text answer such as
+    `[1, 2, 3]` stays text; a cell that looks like JSON but does not decode is a `DataError` naming the field."""
     s = value.strip()
-    if s.startswith("[") and s.endswith("]"):
-        try:
-            return json.loads(s)
-        except json.JSONDecodeError:
-            return value
-    return value
+    pattern = _CSV_JSON_CELLS.get(key)
+    if pattern is None or not pattern.match(s) or not s.endswith("]"):
+        return value
+    try:
+        return json.loads(s)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, a 5000-digit number, [[[[...]]]] too deep
+        what = "a list of strings" if key.startswith("rationale") else "a JSON list of {role, content} messages"
+        raise DataError(f"invalid JSON ({type(err).__name__}: {str(err)[:200]})", source=label, line=line,
+                        field=key, fix=f"write the cell as {what}, or as plain text that does not start with "
+                        f"{s[:2]!r}") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int | None, Any]]:
