@@ -31,6 +31,7 @@ import streamlit as st
 from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
 from tiviz.errors import ConfigError, DataError
 from tiviz.models import DEFAULT_MODEL, LoadedModel
+from tiviz.table import PROVENANCE_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "sample_data"
@@ -345,7 +346,7 @@ def cached_attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
     if any(p is None for p in parts):
         return None
-    return combine_tables(parts)
+    return for_reader(combine_tables(parts), dataset, pair_ids)
 
 
 def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], methods: Sequence[str],
@@ -375,11 +376,26 @@ def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], 
                 progress(k / len(missing), f"{m}: 0/{len(pairs)} pairs (method {k + 1} of {len(missing)})")
             with compute_lock():
                 df = attribute(loaded, pairs, [m], ref_model=ref, progress=report, model_id=loaded.model_id,
-                               data_info={"file": dataset.name, "sha256": dataset.key, "n_pairs": len(pairs)},
-                               **(settings or {}))
+                               data_info=data_info(dataset, pair_ids), **(settings or {}))
             cache.put(attribution_key(choice, dataset, pair_ids, m, settings), df)
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
-    return combine_tables([p for p in parts if p is not None])
+    return for_reader(combine_tables([p for p in parts if p is not None]), dataset, pair_ids)
+
+
+def data_info(dataset: Dataset, pair_ids: Sequence[str]) -> dict[str, Any]:
+    """The provenance of the data a session attributes: its own file name, the content hash, the pair count."""
+    return {"file": dataset.name, "sha256": dataset.key, "n_pairs": len(pair_ids)}
+
+
+def for_reader(df: pd.DataFrame, dataset: Dataset, pair_ids: Sequence[str]) -> pd.DataFrame:
+    """A cached table as this session reads it: the rows shared (never copied), the provenance its own copy
+    naming this session's file. The cache is keyed by content, so the table may have been computed for another
+    session's upload of the same bytes under another name."""
+    out = df.copy(deep=False)
+    prov = json.loads(json.dumps(df.attrs.get(PROVENANCE_KEY, {}), default=str))
+    prov["data"] = data_info(dataset, pair_ids)
+    out.attrs = {**{k: v for k, v in df.attrs.items() if k != PROVENANCE_KEY}, PROVENANCE_KEY: prov}
+    return out
 
 
 def combine_tables(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
