@@ -31,6 +31,7 @@ import streamlit as st
 from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
 from tiviz.errors import ConfigError, DataError
 from tiviz.models import DEFAULT_MODEL, LoadedModel
+from tiviz.safe_html import escape_markdown as md_literal  # the one Markdown escape
 from tiviz.table import PROVENANCE_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -189,12 +190,6 @@ def describe_error(err: Exception) -> str:
             lines.append(f"- fix: {md_literal(err.fix)}")
         return "\n".join(lines)
     return md_literal(str(err))
-
-
-def md_literal(text: object) -> str:
-    """Text shown literally by Streamlit's markdown: every ASCII punctuation mark is backslash-escaped, so
-    dataset text cannot add links, images, emphasis, colour directives or HTML."""
-    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -1,6 +1,6 @@
 """Widgets shared by the pages (not a page itself): the sidebar's dataset and pair pickers, model and method
 pickers, progress around long work, and the shaded view of a pair. Every widget has an explicit key; every
-piece of dataset text reaches the page escaped (`tiviz.safe_html.escape_text` for HTML, `state.md_literal` for
+piece of dataset text reaches the page escaped (`tiviz.safe_html.escape_text` for HTML, `tiviz.safe_html.escape_markdown`, as `state.md_literal`, for
 markdown), or through widgets that show plain text."""
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def sidebar() -> None:
             if st.session_state.get("pair") not in ids:
                 st.session_state["pair"] = ids[0]
             st.selectbox("Pair", ids, key="pair", format_func=lambda i: _pair_label(dataset.pair(i)),
-                         help=f"{len(ids)} pairs in {dataset.name}")
+                         help=f"{len(ids)} pairs in {state.md_literal(dataset.name)}")
         st.divider()
-        st.caption(f"Model: {state.base_model_id()}  \nRuns folder: {state.runs_dir().name}/")
+        st.caption(f"Model: {state.md_literal(state.base_model_id())}  \n"
+                   f"Runs folder: {state.md_literal(state.runs_dir().name + '/')}")
 
 
 def _from_query_params() -> None:
@@ -195,10 +196,10 @@ def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) ->
 @contextmanager
 def progress(label: str) -> Iterator[state.Progress]:
     """A progress bar for long work, removed when it ends."""
-    bar = st.progress(0.0, text=label)
+    bar = st.progress(0.0, text=state.md_literal(label))
 
     def update(fraction: float, message: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{label}: {message}")
+        bar.progress(min(max(fraction, 0.0), 1.0), text=state.md_literal(f"{label}: {message}"))
 
     try:
         yield update
@@ -417,7 +418,7 @@ def start_training(dataset: state.Dataset, preset: str, max_steps: int, override
         req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.training_model_arg(), preset=preset,
                                 out=out, max_steps=max_steps, overrides=overrides)
         job_manager().start(state.session_id(), req)
-        st.success(f"Started {run_name}.")
+        st.success(f"Started {state.md_literal(run_name)}.")
     except TivizError as err:
         st.session_state["_train_error"] = state.describe_error(err)
         st.error(st.session_state["_train_error"])
@@ -450,7 +451,7 @@ def _job_view(job: jobs.Job) -> None:
     status = job.status()
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     frac = min(step / total, 1.0) if total else 0.0
-    st.progress(frac, text=f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}")
+    st.progress(frac, text=state.md_literal(f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}"))
     metrics = job.metrics()
     if len(metrics):
         cols = st.columns(3)
@@ -465,9 +466,9 @@ def _job_view(job: jobs.Job) -> None:
             st.info("Asked the trainer to stop: it saves a checkpoint after this step and exits."
                     if how == "request" else "Training process terminated.")
     elif status.get("state") == "finished" and status.get("returncode") == 0:
-        st.success(f"{job.name} finished: compare it on the Before / after page.")
+        st.success(f"{state.md_literal(job.name)} finished: compare it on the Before / after page.")
     else:
-        st.warning(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')}).")
+        st.warning(state.md_literal(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')})."))
     with st.expander("Trainer log"):
         st.code(job.log_tail() or "(empty)", language=None)
 
@@ -475,7 +476,7 @@ def _job_view(job: jobs.Job) -> None:
 def runs_table() -> None:
     runs = finished_runs()
     if not runs:
-        st.caption(f"No finished runs in {state.runs_dir()} yet.")
+        st.caption(f"No finished runs in {state.md_literal(state.runs_dir())} yet.")
         return
     import datetime as dt
 
