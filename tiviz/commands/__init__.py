@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,19 @@ def add_cache_flags(parser: argparse.ArgumentParser) -> None:
                         help="reuse and store attributions here (default: $TIVIZ_CACHE_DIR/attributions, else "
                         "~/.cache/tiviz/attributions); keyed by the weights, the texts and the settings")
     parser.add_argument("--no-cache", action="store_true", help="compute everything; neither read nor write the cache")
+    parser.add_argument("--cache-max-mb", type=float, default=None, metavar="MB",
+                        help="size limit of the cache; past it the least recently used entries are deleted "
+                        "(default: $TIVIZ_CACHE_MAX_MB, else 2048)")
 
 
 def cache_arg(args: argparse.Namespace) -> bool | Path:
     """What `attribute(cache=...)` gets from the flags of `add_cache_flags`."""
     if args.no_cache:
         return False
+    if args.cache_max_mb is not None:
+        from tiviz.attribution.cache import LIMIT_ENV
+
+        if not args.cache_max_mb >= 0:
+            raise ConfigError("cache_max_mb", args.cache_max_mb, "a size in megabytes >= 0")
+        os.environ[LIMIT_ENV] = str(args.cache_max_mb)  # read by the cache this process opens
     return Path(args.cache_dir) if args.cache_dir else True
