@@ -22,13 +22,14 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
+from tiviz.data import SUFFIXES, PreferencePair, ReadBudget, file_sha256, load_pairs
 from tiviz.errors import ConfigError, DataError
 from tiviz.models import DEFAULT_MODEL, LoadedModel
 from tiviz.safe_html import escape_markdown as md_literal  # the one Markdown escape
@@ -69,6 +70,21 @@ def max_upload_bytes() -> int:
     except ValueError:
         mb = 20.0
     return int(mb * 1024 * 1024)
+
+
+def upload_budget() -> ReadBudget:
+    """What an upload may decode to: $TIVIZ_APP_MAX_PAIRS pairs (default 100,000) and $TIVIZ_APP_MAX_TEXT_MB
+    million characters of text (default 64, about three times what a 20 MB JSONL file holds): a few-KB Parquet
+    file can hold hundreds of MB of repeated text, and the server would build it all."""
+    def number(env: str, default: float) -> float:
+        try:
+            return float(os.environ.get(env, "") or default)
+        except ValueError:
+            return default
+
+    return ReadBudget(max_rows=int(number("TIVIZ_APP_MAX_PAIRS", 100_000)),
+                      max_chars=int(number("TIVIZ_APP_MAX_TEXT_MB", 64) * 2**20),
+                      fix="upload a smaller file (or raise TIVIZ_APP_MAX_PAIRS / TIVIZ_APP_MAX_TEXT_MB)")
 
 
 def inside(root: Path, name: str, *, what: str = "name") -> Path:
@@ -129,13 +145,33 @@ class Dataset:
 
     @property
     def ids(self) -> list[str]:
-        return [p.id for p in self.pairs]
+        return list(self._index)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        """pair id -> its position, built once (ids are unique: `load_pairs` refuses duplicates)."""
+        return {p.id: i for i, p in enumerate(self.pairs)}
+
+    @cached_property
+    def _search_text(self) -> list[str]:
+        """Per pair, the lower-cased id and prompt that `find` searches, built on the first search."""
+        return [f"{p.id}\n{p.prompt_text()}".lower() for p in self.pairs]
+
+    def has(self, pair_id: object) -> bool:
+        return isinstance(pair_id, str) and pair_id in self._index
 
     def pair(self, pair_id: str) -> PreferencePair:
-        for p in self.pairs:
-            if p.id == pair_id:
-                return p
-        raise KeyError(pair_id)
+        """The pair with this id, found through the index (a scan per lookup made the picker quadratic)."""
+        return self.pairs[self._index[pair_id]]
+
+    def find(self, query: str, limit: int = 1000) -> list[str]:
+        """Ids of the first `limit` pairs whose id or prompt contains `query` (case-insensitive), in file order;
+        every pair's when `query` is blank."""
+        q = query.strip().lower()
+        if not q:
+            return [p.id for p in self.pairs[:limit]]
+        hits = (i for i, text in enumerate(self._search_text) if q in text)
+        return [self.pairs[i].id for _, i in zip(range(limit), hits, strict=False)]
 
     def subset(self, n: int) -> list[PreferencePair]:
         """The first n pairs (in file order): the same subset on every page and in every session."""
@@ -172,9 +208,10 @@ def load_upload(filename: str, data: bytes, folder: Path) -> Dataset:
     target = inside(folder, f"{stem}-{key[:8]}{suffix}", what="upload")
     target.write_bytes(data)
     try:
-        pairs = load_pairs(target)
+        pairs = load_pairs(target, budget=upload_budget())
     except DataError as err:
-        raise DataError(err.reason, source=shown, line=err.line, field=err.field, fix=err.fix) from None
+        raise DataError(err.reason, source=shown, line=err.line, field=err.field, fix=err.fix,
+                        unit=err.unit) from None
     return Dataset(name=shown, key=key, path=str(target), pairs=tuple(pairs))
 
 
