@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tiviz.errors import TableError
+from tiviz.scoring import margin_summary
 from tiviz.table import PROVENANCE_KEY
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def distribution_changes(before: pd.DataFrame, after: pd.DataFrame, methods: lis
     """
     from scipy.stats import ks_2samp
 
-    from tiviz.viz import concentration
+    from tiviz.analysis import concentration
 
     check_same_tokens(before, after)
     rows = []
@@ -175,11 +176,11 @@ class Preference:
     @property
     def accuracy(self) -> float:
         """Share of pairs whose margin is > 0 (ties count as wrong, as TRL's rewards/accuracies)."""
-        return float((self.per_pair["margin"] > 0).mean()) if len(self.per_pair) else math.nan
+        return margin_summary(self.per_pair["margin"])["accuracy"]
 
     @property
     def mean_margin(self) -> float:
-        return float(self.per_pair["margin"].mean()) if len(self.per_pair) else math.nan
+        return margin_summary(self.per_pair["margin"])["mean_margin"]
 
     @property
     def description(self) -> str:
@@ -378,9 +379,9 @@ def _common_methods(before: pd.DataFrame, after: pd.DataFrame, methods: list[str
 
 def _relative_weights(table: pd.DataFrame, method: str) -> np.ndarray:
     """weight x T over the response tokens of one method (1 = uniform), NaN dropped."""
-    r = table[(table["method"] == method) & table["in_response"]]
-    n = r.groupby(SEQ)["position"].transform("count")
-    v = (r["weight"] * n).to_numpy(dtype=float)
+    from tiviz.analysis import relative_weight
+
+    v = relative_weight(table[(table["method"] == method) & table["in_response"]]).to_numpy(dtype=float)
     return v[np.isfinite(v)]
 
 

@@ -12,7 +12,8 @@ import streamlit as st
 from app import state
 from app.app_pages.long_work import attribution, scores
 from app.app_pages.pair_view import show_pair
-from tiviz import viz
+from tiviz import analysis, viz
+from tiviz.scoring import margin_summary
 
 # ---------------------------------------------------------------------------------------------- methods
 
@@ -39,7 +40,7 @@ def show_agreement(table: pd.DataFrame, methods: Sequence[str]) -> None:
 
 def show_convergence(table: pd.DataFrame) -> None:
     """Integrated gradients' completeness check, shown rather than hidden."""
-    conv = viz.convergence_summary(table)
+    conv = analysis.convergence_summary(table)
     if conv.empty:
         return
     worst = float(conv["relative_delta"].max())
@@ -68,7 +69,7 @@ def show_distributions(table: pd.DataFrame, kind: str, value: str, bins: int) ->
     """The weights' distribution per method and side, how concentrated they are, and where they sit."""
     st.plotly_chart(viz.distribution_figure(table, kind, value), key="dist_figure")  # type: ignore[arg-type]
     st.subheader("How concentrated are the weights?")
-    summary = viz.concentration(table)
+    summary = analysis.concentration(table)
     st.plotly_chart(viz.concentration_figure(summary), key="dist_concentration")
     with st.expander("Means per method and side", expanded=True):
         means = summary.groupby(["method", "side"])[["entropy", "top10_share"]].mean().reset_index()
@@ -98,7 +99,7 @@ def show_before_after_pair(run: state.ModelChoice, base: state.ModelChoice, data
     st.markdown("**After** (trained run)")
     show_pair(after, pair_id, method, value, vmax=vmax, caption=" · after")
     st.markdown("**Change** (after − before; red: more weight after)")
-    diff = viz.weight_difference(before, after, value)  # type: ignore[arg-type]
+    diff = analysis.weight_difference(before, after, value)  # type: ignore[arg-type]
     show_pair(diff, pair_id, f"{method}_change", "score", scale="diverging", caption="")
     st.markdown(f"**Per-token implicit reward** β (log π − log π_ref), π_ref the run's base model {state.md_literal(run.base)}")
     st.caption("What training changed, token by token: red tokens became more likely under the run, blue less. "
@@ -122,13 +123,14 @@ def show_before_after_dataset(run: state.ModelChoice, base: state.ModelChoice, d
     sa = scores(run, dataset, pair_ids)
     merged = sb[["pair_id", "logp_margin"]].merge(sa[["pair_id", "logp_margin", "reward_margin"]], on="pair_id",
                                                   suffixes=("_before", "_after"))
-    acc_b = float((merged["logp_margin_before"] > 0).mean())
-    acc_a = float((merged["logp_margin_after"] > 0).mean())
+    before, after = margin_summary(merged["logp_margin_before"]), margin_summary(merged["logp_margin_after"])
+    reward = margin_summary(merged["reward_margin"])
     c = st.columns(3)
-    c[0].metric("Preference accuracy (log-prob margin > 0)", f"{acc_a:.0%}", f"{acc_a - acc_b:+.0%} vs before")
-    c[1].metric("Mean log-prob margin", f"{merged['logp_margin_after'].mean():+.2f}",
-                f"{merged['logp_margin_after'].mean() - merged['logp_margin_before'].mean():+.2f} vs before")
-    c[2].metric("Reward accuracy (implicit reward margin > 0)", f"{(merged['reward_margin'] > 0).mean():.0%}",
+    c[0].metric("Preference accuracy (log-prob margin > 0)", f"{after['accuracy']:.0%}",
+                f"{after['accuracy'] - before['accuracy']:+.0%} vs before")
+    c[1].metric("Mean log-prob margin", f"{after['mean_margin']:+.2f}",
+                f"{after['mean_margin'] - before['mean_margin']:+.2f} vs before")
+    c[2].metric("Reward accuracy (implicit reward margin > 0)", f"{reward['accuracy']:.0%}",
                 help="β (log π − log π_ref) chosen minus rejected; before training it is 0 for every pair")
     fig = viz.margin_change_figure(merged.rename(columns={"logp_margin_before": "margin_before",
                                                           "logp_margin_after": "margin_after"}))
