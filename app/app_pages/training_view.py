@@ -75,7 +75,7 @@ def start_training(dataset: state.Dataset, preset: str, max_steps: int, override
         req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.training_model_arg(), preset=preset,
                                 out=out, max_steps=max_steps, overrides=overrides)
         job_manager().start(state.session_id(), req)
-        st.success(f"Started {run_name}.")
+        st.success(f"Started {state.md_literal(run_name)}.")
     except TivizError as err:
         st.session_state["_train_error"] = state.describe_error(err)
         st.error(st.session_state["_train_error"])
@@ -124,7 +124,7 @@ def _job_view(job: jobs.Job) -> None:
         st.caption("This job was started before the app restarted; any session may cancel it.")
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     frac = min(step / total, 1.0) if total else 0.0
-    st.progress(frac, text=f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}")
+    st.progress(frac, text=state.md_literal(f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}"))
     metrics = job.metrics()
     if len(metrics):
         cols = st.columns(3)
@@ -139,9 +139,9 @@ def _job_view(job: jobs.Job) -> None:
             st.info("Asked the trainer to stop: it saves a checkpoint after this step and exits."
                     if how == "request" else "Training process terminated.")
     elif status.get("state") == "finished" and status.get("returncode") == 0:
-        st.success(f"{job.name} finished: compare it on the Before / after page.")
+        st.success(f"{state.md_literal(job.name)} finished: compare it on the Before / after page.")
     else:
-        st.warning(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')}).")
+        st.warning(state.md_literal(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')})."))
     with st.expander("Trainer log"):
         st.code(job.log_tail() or "(empty)", language=None)
 
@@ -153,7 +153,7 @@ def runs_table() -> None:
         st.code(r.problem, language=None)
     runs = finished_runs()
     if not runs:
-        st.caption(f"No finished runs in {state.runs_dir()} yet.")
+        st.caption(f"No finished runs in {state.md_literal(state.runs_dir())} yet.")
         return
     import datetime as dt
 
