@@ -103,8 +103,8 @@ def perturbed_targets(
         if cached:
             pre = model(inputs_embeds=emb[None, :P], attention_mask=torch.ones(1, P, dtype=torch.long, device=device),
                         position_ids=torch.arange(P, device=device)[None], use_cache=True)
-            cache = pre["cache"] if "cache" in pre.keys() else pre.past_key_values
-            cache_arg = _cache_argument(model)
+            cache = returned_cache(pre)
+            cache_arg = cache_argument(model)
             lead = torch.log_softmax(pre.logits[0, -1].float(), -1)[labels[0]]  # log p(y_0 | prompt), fixed
         for s in range(0, keep_t.shape[0], step):
             k = keep_t[s : s + step]  # (N, n)
@@ -131,9 +131,14 @@ def perturbed_targets(
     return out
 
 
-def _cache_argument(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """The forward's key/value-cache keyword: `cache` (transformers >= 5.2x) or `past_key_values` (before)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward returned (`cache` or, before transformers 5.2x, `past_key_values`)."""
+    return output["cache"] if "cache" in output.keys() else output.past_key_values
 
 
 @dataclass
@@ -223,6 +228,38 @@ def summarise(curves: SequenceCurves, name: str, target: str = "logprob",
         "comprehensiveness": float(np.mean(f - pick(d, eraser_fractions))),
         "sufficiency": float(np.mean(f - pick(i, eraser_fractions))),
     }
+
+
+def margin_scores(curves: SequenceCurves, name: str, side: str, target: str = "logprob", scale: float = 1.0,
+                  curve_fractions: Sequence[float] = CURVE_FRACTIONS) -> dict[str, float]:
+    """Pair-level faithfulness of one side of a pair: how the margin M = f(chosen) - f(rejected) moves when this
+    side's top tokens are removed (or kept alone), signed so that higher is more faithful (docs/EVALUATION.md,
+    "Pair-level faithfulness").
+
+    The other side stays intact, so M changes by the side's sign (+1 chosen, -1 rejected) times the change of
+    its own score `f = scale * target`. Removing chosen's top tokens should lower M, removing rejected's should
+    raise it:
+
+    - margin_deletion = mean over q of -sign * (M(x without the side's top q) - M(x));
+    - margin_insertion = mean over q of sign * (M(only the side's top q kept) - M(the side emptied)).
+
+    Args:
+        side: "chosen" or "rejected"; scale: > 0 (beta for an implicit reward, else 1).
+    """
+    if side not in ("chosen", "rejected"):
+        raise ValueError(f"side must be 'chosen' or 'rejected', not {side!r}")
+    if not scale > 0:
+        raise ValueError("scale must be > 0: the margin's orientation comes from the side alone")
+    sign = 1.0 if side == "chosen" else -1.0  # the side's sign in M
+    fr = [round(float(q), 9) for q in curves.fractions]
+    at = [fr.index(round(float(q), 9)) for q in curve_fractions]
+    full, empty = scale * curves.full[target], scale * curves.empty[target]
+    deleted = scale * curves.deletion[name][target][at]  # (Q,) the side's f with its top q removed
+    kept = scale * curves.insertion[name][target][at]  # (Q,) the side's f with only its top q kept
+    change_deleted = sign * (deleted - full)  # (Q,) M(x without top q) - M(x)
+    change_kept = sign * (kept - empty)  # (Q,) M(only top q) - M(side emptied)
+    return {"margin_deletion": float(np.mean(-sign * change_deleted)),
+            "margin_insertion": float(np.mean(sign * change_kept))}
 
 
 def leave_one_out(model: Any, input_ids: Sequence[int] | np.ndarray, response_start: int, ref_emb: torch.Tensor,

@@ -22,6 +22,7 @@ from tiviz.evaluation.faithfulness import (
     CURVE_FRACTIONS,
     ERASER_FRACTIONS,
     faithfulness_curves,
+    margin_scores,
     ranking,
     reference_embedding,
     summarise,
@@ -45,6 +46,10 @@ SCORES = (*PLAUSIBILITY, *FAITHFULNESS)
 SCORE_COLUMNS = ["method", *[c for s in SCORES for c in (s, f"{s}_random")], "positive_rate", "spearman_mean",
                  "kendall_mean", "target", "n_sequences", "n_rationale_sequences"]
 HIGHER_IS_BETTER = {s: s != "sufficiency" for s in SCORES}
+# Pair-level faithfulness (docs/EVALUATION.md): per side of the pair, how the margin moves; higher is better.
+MARGIN_SCORES = ("margin_deletion", "margin_insertion")
+MARGIN_COLUMNS = [f"{s}_{side}{r}" for s in MARGIN_SCORES for side in ("chosen", "rejected") for r in ("", "_random")]
+SCORE_COLUMNS += MARGIN_COLUMNS
 
 
 @dataclass
@@ -299,6 +304,11 @@ def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any
         for s in FAITHFULNESS:
             out[m][s] = scale * own[s]
             out[m][f"{s}_random"] = scale * float(np.mean([r[s] for r in rand]))
+        own_margin = margin_scores(curves, m, seq.side, base, abs(scale), curve)
+        rand_margin = [margin_scores(curves, f"random{r}", seq.side, base, abs(scale), curve) for r in range(n_random)]
+        for s in MARGIN_SCORES:
+            out[m][s] = own_margin[s]
+            out[m][f"{s}_random"] = float(np.mean([r[s] for r in rand_margin]))
         for ranking_name, names_r in (("method", [m]), ("random", [f"random{r}" for r in range(n_random)])):
             for kind in ("deletion", "insertion"):
                 for j, q in enumerate(curves.fractions):
@@ -349,6 +359,11 @@ def _aggregate(per_seq: pd.DataFrame, agree: pd.DataFrame, names: list[str], tar
         row["target"] = ((prov.get("method_targets") or {}).get(m) or "logprob") if target == "method" else target
         row["n_sequences"] = int(g["aopc_deletion"].notna().sum()) if "aopc_deletion" in g else 0
         row["n_rationale_sequences"] = len(rat)
+        for s in MARGIN_SCORES:  # e.g. margin_deletion_rejected: the mean over the rejected sequences
+            for side in ("chosen", "rejected"):
+                for r in ("", "_random"):
+                    vals = g.loc[g["side"] == side, f"{s}{r}"] if f"{s}{r}" in g else pd.Series(dtype=float)
+                    row[f"{s}_{side}{r}"] = float(vals.mean()) if vals.notna().any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
@@ -367,6 +382,16 @@ def format_scores(scores: pd.DataFrame) -> str:
                      _num(r["spearman_mean"]).rjust(8) + str(int(r["n_sequences"])).rjust(6))
     lines.append("(in parentheses: a random ranking of the same tokens. rho: mean Spearman with the other "
                  "methods. n: sequences.)")
+    margin = [c for c in MARGIN_COLUMNS if not c.endswith("_random")]
+    if all(c in scores for c in margin) and scores[margin].notna().any().any():
+        mheads = ["margin del. chosen", "margin del. rejected", "margin ins. chosen", "margin ins. rejected"]
+        mcells = [[f"{_num(r[c])} ({_num(r[f'{c}_random'])})" for c in margin] for _, r in scores.iterrows()]
+        mw = [max([len(h), *[len(c[i]) for c in mcells]]) + 2 for i, h in enumerate(mheads)]
+        lines += ["", "pair-level: the margin's move when one side's top tokens go (or stay alone), higher is "
+                  "more faithful",
+                  "method".ljust(width) + "".join(h.rjust(w) for h, w in zip(mheads, mw, strict=True))]
+        for (_, r), c in zip(scores.iterrows(), mcells, strict=True):
+            lines.append(str(r["method"]).ljust(width) + "".join(x.rjust(w) for x, w in zip(c, mw, strict=True)))
     return "\n".join(lines)
 
 
