@@ -343,13 +343,17 @@ def test_cli_evaluate_prints_and_writes(tmp_path, tiny, capsys):
     folder = save_model(model, tmp_path / "tiny", tokenizer=tok)
     save_pairs(pairs, tmp_path / "pairs.jsonl")
     rc = main(["evaluate", "--pairs", str(tmp_path / "pairs.jsonl"), "--model", str(folder), "--methods", "gradient",
-               "--limit", "1", "--n-random", "2", "--out", str(tmp_path / "eval")])
+               "--limit", "1", "--n-random", "2", "--out", str(tmp_path / "eval"), "--randomisation-check"])
     out = capsys.readouterr().out
     assert rc == 0
     assert out.splitlines()[0].split()[:3] == ["method", "AUPRC", "hit@k"]
     assert "projected for all 4 pairs" in out
     scores = pd.read_csv(tmp_path / "eval" / "scores.csv")
     assert scores["method"].tolist() == ["gradient"] and scores.loc[0, "n_sequences"] == 2
+    assert "model-randomisation check" in out and "margin del. chosen" in out
+    rand = pd.read_csv(tmp_path / "eval" / "randomisation.csv")
+    assert rand["method"].tolist() == ["gradient"] and rand.loc[0, "n_sequences"] == 2
+    assert rand.loc[0, "spearman_mean"] < 1
 
 
 # ---------------------------------------------------------------------------------------------- randomisation

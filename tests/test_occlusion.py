@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from tiviz.attribution import attribute
-from tiviz.attribution.occlusion import Term, occlusion, occlusion_for_target, target_terms
+from tiviz.attribution.occlusion import Term, occlusion, occlusion_for_target, scorer_occlusion, target_terms
 from tiviz.attribution.targets import sequence_logp
 from tiviz.data import load_pairs
 from tiviz.evaluation import reference_embedding
-from tiviz.testing import tiny_model, tiny_pairs, tiny_tokenizer
+from tiviz.scoring import make_scorer
+from tiviz.testing import tiny_model, tiny_pairs, tiny_reward_model, tiny_tokenizer
 from tiviz.tokenization import collate, encode_pair
 
 
@@ -27,19 +28,6 @@ def tiny():
 
 def _sign(B: int) -> torch.Tensor:
     return torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(B)])
-
-
-def tiny_reward_model(seed: int = 0):
-    """A tiny random Llama with a one-output score head (what TRL's RewardTrainer trains)."""
-    from transformers import LlamaForSequenceClassification
-
-    base = tiny_model(seed)
-    torch.manual_seed(seed)
-    config = base.config
-    config.num_labels = 1
-    rm = LlamaForSequenceClassification(config)
-    rm.eval()
-    return rm
 
 
 @pytest.mark.parametrize("target", ["logprob", "max_logit", "margin", "reward"])
@@ -77,6 +65,42 @@ def test_reward_model_head_fast_equals_naive_and_value_is_the_model_score(tiny):
     with torch.no_grad():  # one row at a time: the head reads the last token, as the model's own pooling does
         want = [float(rm(input_ids=torch.tensor([s.input_ids])).logits[0, 0]) for s in seqs]
     np.testing.assert_allclose(fx.numpy(), want, atol=1e-5)
+
+
+def _scorer(kind, tok):
+    if kind == "likelihood":
+        return make_scorer(tiny_model(seed=0), tokenizer=tok)
+    if kind == "implicit_reward":
+        return make_scorer(tiny_model(seed=0), reference=tiny_model(seed=1), beta=0.5, tokenizer=tok)
+    if kind == "adapter_reference":
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(tiny_model(seed=0), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               init_lora_weights=False))
+        return make_scorer(policy, adapter_reference=True, beta=0.5, tokenizer=tok)
+    return make_scorer(tiny_reward_model(seed=0), tokenizer=tok)
+
+
+@pytest.mark.parametrize("kind", ["likelihood", "implicit_reward", "adapter_reference", "reward_model"])
+def test_every_scorer_fast_equals_naive_and_values_are_its_scores(tiny, kind):
+    _, tok, _, seqs, _ = tiny
+    scorer = _scorer(kind, tok)
+    batch = collate(seqs, tok.pad_token_id, "right")
+    fast, fx = scorer_occlusion(scorer, batch)
+    slow, _ = scorer_occlusion(scorer, batch, naive=True)
+    assert fast.abs().max() > 1e-4
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        want = scorer.sequence_scores(batch).double()
+    torch.testing.assert_close(fx, want, atol=1e-5, rtol=0)
+    assert (fast[~batch.response_mask] == 0).all()  # prompt and padding: no score
+
+
+def test_scorer_with_policy_as_its_own_reference_gives_zero(tiny):
+    _, tok, _, seqs, _ = tiny
+    same = make_scorer(tiny_model(seed=0), reference=tiny_model(seed=0), tokenizer=tok)
+    scores, values = scorer_occlusion(same, collate(seqs, tok.pad_token_id))
+    assert scores.abs().max() < 1e-6 and values.abs().max() < 1e-6
 
 
 def test_each_score_is_the_change_when_the_token_becomes_the_pad_token(tiny):

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 
 from tiviz.evaluation.faithfulness import LOGIT_BUDGET, cache_argument, reference_embedding, returned_cache
-from tiviz.tokenization import Batch
+from tiviz.scoring import _embedding_offset
+from tiviz.tokenization import TOKENS_PER_FORWARD, Batch
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,17 @@ def occlusion(
     """Leave-one-out scores of every response token of every row.
 
     Args:
-        terms: what f is (see `Term`); every model reads the first term's input embeddings.
+        terms: what f is (see `Term`); every model reads the first term's input embeddings, shifted by the
+            constant difference of its own embedding table where it has another (as `tiviz.scoring` does).
         batch: padded sequences (each row's valid tokens contiguous).
         removal: (H,) the embedding that stands in for a removed token.
         naive: one full forward per occluded token, no cache (the reference path).
-        tokens_per_forward: padded tokens per forward (default: `tiviz.attribution.core.TOKENS_PER_FORWARD`).
+        tokens_per_forward: padded tokens per forward (default: `tiviz.tokenization.TOKENS_PER_FORWARD`).
         progress: called as progress(rows_done, rows_total) after each row of the batch.
     Returns:
         scores (B, L): f(x) - f(x without token i) at response positions, 0 elsewhere; values (B,): f(x).
     """
-    if tokens_per_forward is None:
-        from tiviz.attribution.core import TOKENS_PER_FORWARD
-
-        tokens_per_forward = TOKENS_PER_FORWARD
+    tokens_per_forward = tokens_per_forward or TOKENS_PER_FORWARD
     B, L = batch.input_ids.shape
     scores = torch.zeros(B, L, dtype=torch.float64, device=batch.input_ids.device)
     values = torch.zeros(B, dtype=torch.float64, device=batch.input_ids.device)
@@ -122,9 +121,11 @@ def sequence_occlusion(terms: Sequence[Term], emb: torch.Tensor, ids: torch.Tens
     targets = resp.nonzero().squeeze(-1).tolist()  # the occluded positions, in order
     effects = torch.zeros(n, dtype=torch.float64, device=emb.device)
     value = torch.zeros((), dtype=torch.float64, device=emb.device)
-    for term in terms:
+    for j, term in enumerate(terms):
         with term.context():
-            intact, cache = _readout(term, emb[None], ids, resp, start=0, cache=None, keep_cache=not naive)
+            offset = torch.zeros_like(emb) if j == 0 else _embedding_offset(term.model, emb[None], ids[None])[0]
+            own = emb + offset  # (n, H) this model's input: the same point, shifted into its own embedding table
+            intact, cache = _readout(term, own[None], ids, resp, start=0, cache=None, keep_cache=not naive)
             value += term.weight * intact[0].sum()
             done = 0
             while done < len(targets):
@@ -139,6 +140,7 @@ def sequence_occlusion(terms: Sequence[Term], emb: torch.Tensor, ids: torch.Tens
                 x = emb[start:].repeat(k, 1, 1)  # (k, S, H)
                 at = torch.tensor(chunk, device=emb.device) - start  # (k,)
                 x[torch.arange(k, device=emb.device), at] = removal
+                x = x + offset[start:]
                 prefix = _prefix(cache, start, k) if start > 0 else None
                 occl, _ = _readout(term, x, ids, resp, start=start, cache=prefix, keep_cache=False)  # (k, S)
                 diff = intact[:, start:] - occl  # (k, S) per-position change
@@ -210,6 +212,27 @@ def _readout(term: Term, x: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor,
         log.info("occlusion: %s's cache cannot be cut at a prefix; running full forwards", type(model).__name__)
         kept = None
     return out, kept
+
+
+def scorer_terms(scorer: Any) -> list[Term]:
+    """The terms of a `tiviz.scoring.Scorer`'s score: log pi(y|x); beta * (log pi - log pi_ref) through both
+    models (the reference may be the policy with its PEFT adapter disabled); or a reward model's head."""
+    if scorer.kind == "reward_model":
+        return [Term(scorer.model, 1.0, "reward_head")]
+    terms = [Term(scorer.model, 1.0 if scorer.kind == "likelihood" else scorer.beta, "logprob")]
+    if scorer.kind == "implicit_reward":
+        if scorer.adapter_reference:
+            terms.append(Term(scorer.model, -scorer.beta, "logprob", context=scorer.model.disable_adapter))
+        else:
+            terms.append(Term(scorer.reference, -scorer.beta, "logprob"))
+    return terms
+
+
+def scorer_occlusion(scorer: Any, batch: Batch, *, removal: str = "pad", naive: bool = False,
+                     progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`occlusion` of a scorer's score per row: scores (B, L) and values (B,) = the scorer's score of each row."""
+    ref = reference_embedding(scorer.model, scorer.tokenizer, removal)  # type: ignore[arg-type]
+    return occlusion(scorer_terms(scorer), batch, ref, naive=naive, progress=progress)
 
 
 def occlusion_for_target(model: Any, tokenizer: Any, batch: Batch, target: str, sign: torch.Tensor, *,

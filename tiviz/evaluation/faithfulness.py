@@ -263,9 +263,19 @@ def margin_scores(curves: SequenceCurves, name: str, side: str, target: str = "l
 
 
 def leave_one_out(model: Any, input_ids: Sequence[int] | np.ndarray, response_start: int, ref_emb: torch.Tensor,
-                  target: str = "logprob", *, batch_size: int = 32) -> np.ndarray:
-    """Occlusion: f(x) - f(x with response token i swapped for `ref_emb`), for every response token. (n,)"""
-    n = len(input_ids) - int(response_start)
-    keep = np.vstack([np.ones((1, n), bool), ~np.eye(n, dtype=bool)])  # (n + 1, n): intact, then one out
-    v = perturbed_targets(model, input_ids, response_start, keep, ref_emb, batch_size=batch_size)[target]
-    return v[0] - v[1:]
+                  target: str = "logprob") -> np.ndarray:
+    """Occlusion: f(x) - f(x with response token i swapped for `ref_emb`), for every response token. (n,)
+
+    The `occlusion` attribution method's computation (`tiviz.attribution.occlusion`) on one unpadded sequence."""
+    from tiviz.attribution.occlusion import Term, sequence_occlusion
+
+    if target not in BASE_TARGETS:
+        raise ConfigError("target", target, ", ".join(map(repr, BASE_TARGETS)))
+    device = next(model.parameters()).device
+    ids = torch.tensor(np.array(input_ids), dtype=torch.long, device=device)  # (L,)
+    resp = torch.arange(len(ids), device=device) >= int(response_start)  # (L,)
+    with torch.inference_mode():
+        emb = model.get_input_embeddings()(ids)  # (L, H)
+        eff, _ = sequence_occlusion([Term(model, 1.0, target)], emb, ids, resp,  # type: ignore[arg-type]
+                                    ref_emb.to(emb))
+    return eff[int(response_start):].cpu().numpy()

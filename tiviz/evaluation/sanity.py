@@ -11,6 +11,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -57,6 +58,15 @@ class RandomisationCheck:
         lines.append("(rank correlation per sequence between the model's attributions and those of a copy with "
                      "random weights; lower means the method depends on the learned weights)")
         return "\n".join(lines)
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """randomisation.csv (the summary) and randomisation_per_sequence.csv in `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / "randomisation.csv", folder / "randomisation_per_sequence.csv"]
+        self.summary.to_csv(paths[0], index=False)
+        self.per_sequence.to_csv(paths[1], index=False)
+        return paths
 
 
 def randomisation_check(
