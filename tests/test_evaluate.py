@@ -305,6 +305,23 @@ def test_a_method_equal_to_the_rationale_gets_auprc_one(tiny, evaluated):
     assert math.isnan(row["aopc_deletion"])  # faithfulness skipped
 
 
+def test_reward_faithfulness_perturbs_the_reference_too(tiny):
+    """The implicit reward with policy == reference is 0 under every perturbation, so every reward faithfulness
+    score is 0; holding log pi_ref fixed would instead report beta x the logprob scores."""
+    from tiviz.config import AttributionConfig
+    from tiviz.testing import tiny_model
+
+    model, tok, pairs = tiny
+    cfg = AttributionConfig(target="reward", beta=0.5)
+    same = evaluate(model, pairs[1:2], "gradient", tokenizer=tok, ref_model=tiny_model(seed=0), config=cfg,
+                    target="method", n_random=2)
+    ps = same.per_sequence
+    cols = ["f_full", "aopc_deletion", "aopc_insertion", "margin_deletion", "margin_deletion_random"]
+    assert np.abs(ps[cols].to_numpy()).max() < 1e-4
+    plain = evaluate(model, pairs[1:2], "gradient", tokenizer=tok, n_random=2)  # logprob: far from 0
+    assert plain.per_sequence["aopc_deletion"].abs().max() > 1e-2
+
+
 def test_write_and_read_scores(tmp_path, evaluated):
     paths = evaluated.write(tmp_path)
     assert {p.name for p in paths} == {"scores.csv", "scores.json", "per_sequence.csv", "table.parquet"}

@@ -205,6 +205,18 @@ def faithfulness_curves(
     )
 
 
+def add_log_ratio(curves: SequenceCurves, reference: SequenceCurves) -> SequenceCurves:
+    """`curves` with a "log_ratio" target added: log pi - log pi_ref under the same perturbations (the reference
+    model's curves built from the same rankings), which beta scales into the implicit reward. Returns `curves`."""
+    curves.full["log_ratio"] = curves.full["logprob"] - reference.full["logprob"]
+    curves.empty["log_ratio"] = curves.empty["logprob"] - reference.empty["logprob"]
+    for kind in ("deletion", "insertion"):
+        mine, theirs = getattr(curves, kind), getattr(reference, kind)
+        for name in mine:
+            mine[name]["log_ratio"] = mine[name]["logprob"] - theirs[name]["logprob"]  # (F,)
+    return curves
+
+
 def summarise(curves: SequenceCurves, name: str, target: str = "logprob",
               curve_fractions: Sequence[float] = CURVE_FRACTIONS,
               eraser_fractions: Sequence[float] = ERASER_FRACTIONS) -> dict[str, float]:

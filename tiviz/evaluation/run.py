@@ -21,6 +21,7 @@ from tiviz.errors import ConfigError, TableError
 from tiviz.evaluation.faithfulness import (
     CURVE_FRACTIONS,
     ERASER_FRACTIONS,
+    add_log_ratio,
     faithfulness_curves,
     margin_scores,
     ranking,
@@ -223,6 +224,16 @@ def evaluate(
     prov = dict(table.attrs.get(PROVENANCE_KEY, {}) or {})
     by_id = {p.id: p for p in pairs}
     ref_emb = reference_embedding(lm, tokenizer, baseline) if faithfulness else None
+    # a reward or margin method with a reference explains beta (log pi - log pi_ref): perturb pi_ref too
+    reference = None
+    if faithfulness and ref_model is not None and target == "method" and any(
+            (prov.get("method_targets") or {}).get(m) in ("reward", "margin") for m in names):
+        ref_lm = ref_model.model if isinstance(ref_model, LoadedModel) else ref_model
+        reference = (ref_lm, reference_embedding(ref_lm, tokenizer, baseline))
+    elif faithfulness and target == "method" and prov.get("reference_model") and any(
+            (prov.get("method_targets") or {}).get(m) in ("reward", "margin") for m in names):
+        log.warning("evaluate: no ref_model given, so the reward methods' faithfulness holds log pi_ref fixed "
+                    "(beta x logprob); pass the reference model to perturb it too")
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     t1 = time.perf_counter()
@@ -233,7 +244,7 @@ def evaluate(
         faith: dict[str, dict[str, float]] = {m: {} for m in names}
         if faithfulness:
             faith = _faithfulness(lm, seq, names, ref_emb, target, prov, n_random, seed, eraser_fractions,
-                                  curve_fractions, batch_size, curve_rows)
+                                  curve_fractions, batch_size, curve_rows, reference)
         for m in names:
             rows.append({**base, "method": m, **plaus[m], **faith[m]})
         if progress:
@@ -280,8 +291,10 @@ def _plausibility(seq: TableSequence, pair: Any, names: list[str]) -> dict[str, 
 
 def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any, target: str,
                   prov: dict[str, Any], n_random: int, seed: int, eraser: Sequence[float], curve: Sequence[float],
-                  batch_size: int, curve_rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The four faithfulness scores per method on one sequence, and the same for random rankings."""
+                  batch_size: int, curve_rows: list[dict[str, Any]], reference: tuple[Any, Any] | None = None
+                  ) -> dict[str, dict[str, float]]:
+    """The faithfulness scores per method on one sequence, and the same for random rankings. `reference`:
+    (pi_ref, its removal embedding), perturbed alike for methods that explain the implicit reward."""
     n = seq.n_response
     key = [seed, zlib.crc32(seq.pair_id.encode("utf-8")), 0 if seq.side == "chosen" else 1]
     rng_random = np.random.default_rng([*key, 0])
@@ -292,12 +305,15 @@ def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any
     fractions = tuple(sorted(set(eraser) | set(curve)))
     curves = faithfulness_curves(model, seq.input_ids, seq.response_start, orders, ref_emb, fractions=fractions,
                                  batch_size=batch_size)
+    if reference is not None:
+        add_log_ratio(curves, faithfulness_curves(reference[0], seq.input_ids, seq.response_start, orders,
+                                                  reference[1], fractions=fractions, batch_size=batch_size))
     out: dict[str, dict[str, float]] = {}
     for m in names:
         if m not in orders:
             out[m] = {}
             continue
-        base, scale = _method_target(m, target, prov, seq.side)
+        base, scale = _method_target(m, target, prov, seq.side, "log_ratio" in curves.full)
         own = summarise(curves, m, base, curve, eraser)
         rand = [summarise(curves, f"random{r}", base, curve, eraser) for r in range(n_random)]
         out[m] = {"f_full": scale * curves.full[base], "f_empty": scale * curves.empty[base]}
@@ -323,22 +339,27 @@ def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any
     return out
 
 
-def _method_target(method: str, target: str, prov: dict[str, Any], side: str) -> tuple[str, float]:
-    """(base target, scale): the measured target is scale x base, up to a constant that differences cancel.
+def _method_target(method: str, target: str, prov: dict[str, Any], side: str,
+                   log_ratio: bool = False) -> tuple[str, float]:
+    """(base target, scale): the measured target is scale x base.
 
-    reward = beta (log pi - log pi_ref) with log pi_ref fixed, so it moves as beta x logprob; margin is the
-    reward (or the logprob, with no reference model) signed +1 for chosen, -1 for rejected.
+    reward = beta (log pi - log pi_ref): beta x the "log_ratio" curves when the reference was perturbed too
+    (`log_ratio`), else beta x logprob (pi_ref held fixed); margin is the reward (or the logprob, with no
+    reference model) signed +1 for chosen, -1 for rejected.
     """
     if target != "method":
         return target, 1.0
     t = (prov.get("method_targets") or {}).get(method)
     beta = float((prov.get("settings") or {}).get("beta", 0.1))
+    reward_base = "log_ratio" if log_ratio else "logprob"
     if t == "max_logit":
         return "max_logit", 1.0
     if t == "reward":
-        return "logprob", beta
+        return reward_base, beta
     if t == "margin":
-        return "logprob", (1.0 if side == "chosen" else -1.0) * (beta if prov.get("reference_model") else 1.0)
+        if not prov.get("reference_model"):
+            return "logprob", 1.0 if side == "chosen" else -1.0
+        return reward_base, (1.0 if side == "chosen" else -1.0) * beta
     return "logprob", 1.0
 
 
