@@ -127,16 +127,29 @@ class Scorer:
 
     def _token_terms(self, emb: torch.Tensor, batch: Batch) -> torch.Tensor:
         """(B, L) per-token terms of a likelihood or implicit-reward score, differentiable in `emb`."""
+        policy = self.policy_logps(batch, emb)  # (B, L)
+        if self.kind == "likelihood":
+            return policy
+        return self.beta * (policy - self.reference_logps(batch, emb))
+
+    def policy_logps(self, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`log pi(y_t | x, y_<t)` per response token, (B, L), 0 elsewhere; differentiable in `inputs_embeds`."""
         from tiviz.attribution.targets import response_positions
 
         positions, valid = response_positions(batch.response_mask)  # (B, K)
-        policy = policy_token_logps(self.model, emb, batch, positions, valid)  # (B, L)
-        if self.kind == "likelihood":
-            return policy
+        return policy_token_logps(self.model, inputs_embeds, batch, positions, valid)
+
+    def reference_logps(self, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`log pi_ref(y_t | x, y_<t)` per response token, (B, L), with pi_ref evaluated at the policy's input point
+        `inputs_embeds` (plus the constant offset of its own embeddings), so gradients flow through pi_ref too."""
+        from tiviz.attribution.targets import response_positions
+
+        if self.kind != "implicit_reward":
+            raise ConfigError("reference", None, "a reference model (the implicit-reward scorer)")
+        positions, valid = response_positions(batch.response_mask)  # (B, K)
         with self._reference(batch.input_ids) as (ref, offset):
-            ref_emb = emb.to(offset.dtype) + offset  # (B, L, H): moves exactly as the policy's input moves
-            reference = policy_token_logps(ref, ref_emb, batch, positions, valid)  # (B, L)
-        return self.beta * (policy - reference)
+            ref_emb = inputs_embeds.to(offset.dtype) + offset  # (B, L, H): moves exactly as the policy's input
+            return policy_token_logps(ref, ref_emb, batch, positions, valid)
 
     @contextlib.contextmanager
     def _reference(self, input_ids: torch.Tensor) -> Iterator[tuple[Any, torch.Tensor]]:

@@ -54,7 +54,8 @@ def weights_fingerprint(model: Any) -> str:
 class AttributionCache:
     """Per-(pair, method) tables in `folder`, keyed as the module docstring says."""
 
-    def __init__(self, folder: str | Path, model: Any, ref_model: Any | None, config: AttributionConfig) -> None:
+    def __init__(self, folder: str | Path, model: Any, ref_model: Any | None, config: AttributionConfig,
+                 scorer: dict[str, Any] | None = None) -> None:
         from tiviz import __version__
 
         self.folder = Path(folder)
@@ -62,6 +63,7 @@ class AttributionCache:
         self._context = json.dumps({
             "tiviz": __version__, "model": weights_fingerprint(model),
             "ref": weights_fingerprint(ref_model) if ref_model is not None else None, "settings": settings,
+            "scorer": scorer,  # its kind (a PEFT policy scores alone or against itself without the adapter)
         }, sort_keys=True, default=str)
         self.hits = 0
         self.misses = 0
