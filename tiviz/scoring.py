@@ -283,7 +283,9 @@ def load_scorer(model: str, *, reference: str | None = None, beta: float = 0.1, 
         return make_scorer(load_reward_model(str(path), **opts))
     run = run_base_model(path)
     if run is not None:
-        policy = load_model(str(path / "final"), **opts)
+        from tiviz.training.runfolder import final_dir
+
+        policy = load_model(str(final_dir(path)), **opts)
         policy.model_id = f"{model} (final)"
         ref = load_model(reference or run, **opts)
         return make_scorer(policy, reference=ref, beta=beta)
@@ -292,17 +294,22 @@ def load_scorer(model: str, *, reference: str | None = None, beta: float = 0.1, 
 
 
 def run_base_model(folder: Path) -> str | None:
-    """The base model a tiviz training run folder started from (its config.json `model`), or None when
-    `folder` is not a finished run (no `final/` beside a run config)."""
-    config = folder / "config.json"
-    if not ((folder / "final").is_dir() and config.is_file()):
-        return None
-    from tiviz.training.trainer import read_run_config
+    """The base model a tiviz training run folder started from (its config.json `model`), or None when `folder`
+    is not a run folder (`tiviz.training.runfolder.is_run_folder`).
 
+    Raises:
+        ModelError: a run that has not finished (no `final/`) or whose config names no base model.
+    """
+    from tiviz.training.runfolder import RUN_CONFIG, final_dir, is_run_folder, read_run_config
+
+    if not is_run_folder(folder):
+        return None
+    if not final_dir(folder).is_dir():
+        raise ModelError(f"{folder}: a training run without {final_dir(folder).name}/. Fix: finish or resume the run")
     recorded = read_run_config(folder).get("model")
     if not isinstance(recorded, str) or not recorded:
-        raise ModelError(f"{config}: the run config names no base model (field 'model'). Fix: pass the "
-                         "reference explicitly")
+        raise ModelError(f"{folder / RUN_CONFIG}: the run config names no base model (field 'model'). Fix: pass "
+                         "the reference explicitly")
     return recorded
 
 

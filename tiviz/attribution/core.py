@@ -382,3 +382,12 @@ def method_quantity(scorer: Scorer, method: str, target: str) -> str:
     if target == "margin":
         what = f"{score}, signed (chosen +1, rejected -1) so the pair's two sides sum to its margin"
     return f"{what}, each token as context (input-embedding attribution)"
+
+
+def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[str], config: AttributionConfig,
+                  ref_model: Any | None = None) -> dict[str, torch.Tensor]:
+    """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
+    `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
+    its token weights from any method (docs/METHOD.md, weight sources)."""
+    scorer = make_scorer(model, reference=ref_model, beta=config.beta, tokenizer=tokenizer)
+    return {m: s for m, (s, _, _) in _score_batch(scorer, batch, list(methods), config).items()}

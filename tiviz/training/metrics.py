@@ -16,19 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from tiviz.training.runfolder import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
-TRL_KEYS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
-TIDPO_KEYS = ("loss/dpo_w", "loss/triplet", "kl/chosen", "kl/rejected", "weights/entropy")
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
