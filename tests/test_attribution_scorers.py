@@ -135,3 +135,41 @@ def test_reward_model_refuses_what_it_cannot_explain(tok, pairs):
         attribute(rm, pairs[:1], ["gradient"], tokenizer=tok, target="logprob")
     with pytest.raises(ConfigError, match="tidpo"):
         attribute(rm, pairs[:1], ["tidpo"], tokenizer=tok, target="reward")
+
+
+def test_cli_explains_a_reward_model_folder_and_a_reference(tmp_path, tok):
+    """`--model RM_FOLDER` explains the reward model's score; `--ref-model` the implicit reward (target reward
+    by default); never a causal LM with a random head."""
+    import json
+
+    from tiviz.cli import main
+    from tiviz.models import save_model
+    from tiviz.table import read_table
+    from tiviz.testing import save_tiny_reward_model, tiny_pairs
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(p) for p in tiny_pairs()[:2]) + "\n", encoding="utf-8")
+    rm = save_tiny_reward_model(tmp_path / "rm", seed=2)
+    out = tmp_path / "rm.parquet"
+    assert main(["attribute", "--pairs", str(data), "--model", str(rm), "--methods", "gradient,token_score",
+                 "--out", str(out), "--no-cache", "--device", "cpu"]) == 0
+    df = read_table(out)
+    assert df.attrs["tiviz"]["scorer"]["kind"] == "reward_model" and df.attrs["tiviz"]["target"] == "reward"
+    want = score_pairs(make_scorer(tiny_reward_model(seed=2), tokenizer=tok), tiny_pairs()[:2])
+    got = df.groupby(["pair_id", "side"])["target_value"].first().unstack("side").loc[want["pair_id"]]
+    np.testing.assert_allclose(got["chosen"], want["chosen"], atol=1e-5)
+    lm = save_model(tiny_model(seed=0), tmp_path / "lm", tokenizer=tok)
+    out = tmp_path / "same.parquet"
+    assert main(["attribute", "--pairs", str(data), "--model", str(lm), "--ref-model", str(lm), "--methods",
+                 "gradient", "--out", str(out), "--no-cache", "--device", "cpu", "--beta", "0.3"]) == 0
+    df = read_table(out)
+    assert df.attrs["tiviz"]["scorer"]["beta"] == 0.3 and df.attrs["tiviz"]["target"] == "reward"
+    assert df["score"].abs().max() < 1e-5  # the same model as its own reference: no reward to explain
+
+
+def test_policy_and_reference_must_share_embeddings(tok, pairs):
+    from tiviz.errors import ModelError
+
+    scorer = make_scorer(tiny_model(seed=0), reference=tiny_model(seed=0, hidden_size=16), tokenizer=tok)
+    with pytest.raises(ModelError, match="cannot share input embeddings"):
+        score_pairs(scorer, pairs[:1])

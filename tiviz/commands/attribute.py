@@ -44,7 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --shard-dir: keep its finished shards, compute the rest")
     add_cache_flags(p)
-    add_dataclass_flags(p, AttributionConfig)
+    p.add_argument("--target", default=None, choices=("max_logit", "logprob", "reward", "margin"),
+                   help="what gradient, grad_x_input and integrated_gradients explain (default: the scorer's own "
+                   "score: logprob for a causal LM alone, reward with --ref-model, a run folder or a reward "
+                   "model): max_logit (TI-DPO Eq. 4), logprob (log pi(y|x)), reward (the implicit reward through "
+                   "both models, or a reward model's score), margin (the signed score: chosen +, rejected -)")
+    add_dataclass_flags(p, AttributionConfig, skip=("target",))
     p.set_defaults(func=run)
 
 
