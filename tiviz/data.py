@@ -88,6 +88,8 @@ def load_pairs(
     *,
     on_error: OnError = "raise",
     name: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
 ) -> list[PreferencePair]:
     """Load and validate preference pairs.
 
@@ -96,11 +98,18 @@ def load_pairs(
         on_error: "raise" (default) stops at the first bad row with a `DataError`; "skip" drops bad rows, logging
             a warning for each, and raises only when no valid row is left.
         name: what to call an in-memory source in error messages.
+        split: the split of a `datasets` source (`tiviz.hf_data`): a DatasetDict folder or a hub dataset.
+        limit: read at most this many rows of a `datasets` source (a hub dataset streams only those).
     Returns:
         the pairs, in file order.
     """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}", field="on_error")
+    from tiviz.hf_data import hf_rows, is_hf_source
+
+    if is_hf_source(source):  # a save_to_disk folder, a datasets object or a hub id: rows as dicts
+        hf_label, source = hf_rows(source, split=split, limit=limit)
+        name = name or hf_label
     if isinstance(source, str | Path):
         path = Path(source)
         label = str(path)

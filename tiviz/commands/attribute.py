@@ -20,7 +20,10 @@ from tiviz.config import AttributionConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attribute", help="attribute preference pairs, write a tidy table",
                        description="Attribute every pair (both sides) with each method; write Parquet/CSV/JSON.")
-    p.add_argument("--pairs", required=True, help="preference pairs: .jsonl, .json, .csv or .parquet")
+    p.add_argument("--pairs", required=True,
+                   help="preference pairs: .jsonl, .json, .csv or .parquet, a datasets save_to_disk folder, or a "
+                   "hub dataset id owner/name[:config] (streamed)")
+    p.add_argument("--split", default=None, help="split of a DatasetDict folder or hub dataset (hub default: train)")
     p.add_argument("--methods", default="gradient,integrated_gradients,attention,tidpo",
                    help="comma-separated method ids, or 'all' (see `tiviz methods`)")
     p.add_argument("--model", default="smollm2-135m-instruct",
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tiviz.attribution import attribute, resolve_methods
-    from tiviz.data import file_sha256, load_pairs
+    from tiviz.data import load_pairs
+    from tiviz.hf_data import is_hf_source
     from tiviz.models import load_model
     from tiviz.table import PROVENANCE_KEY, write_table
 
@@ -58,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         from tiviz.errors import ConfigError
 
         raise ConfigError("resume", True, "--resume only together with --shard-dir DIR")
-    pairs = load_pairs(args.pairs, on_error=args.on_error)
+    if args.split and not is_hf_source(args.pairs):
+        from tiviz.errors import ConfigError
+
+        raise ConfigError("split", args.split, "--split only with a datasets folder or a hub dataset id")
+    pairs = load_pairs(args.pairs, on_error=args.on_error, split=args.split, limit=args.limit)
     if args.limit:
         pairs = pairs[: args.limit]
     if args.shard_dir:
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     df = attribute(loaded, pairs, methods, ref_model=ref, config=cfg, progress=progress, cache=cache_arg(args),
-                   data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)})
+                   data_info=_data_info(args, len(pairs)))
     bar.close()
     out = write_table(df, args.out)
     elapsed = time.perf_counter() - t0
@@ -91,7 +99,6 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
     from tqdm import tqdm
 
     from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
-    from tiviz.data import file_sha256
     from tiviz.errors import TableError
     from tiviz.models import load_model
     from tiviz.table import write_table
@@ -118,7 +125,7 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
     run = attribute_to_dir(
         loaded, pairs, methods, args.shard_dir, shard_size=args.shard_size, rank=rank, world_size=world_size,
         ref_model=ref, config=cfg, progress=progress,
-        data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
+        data_info=_data_info(args, len(pairs)),
     )
     bar.close()
     print(f"process {rank}/{world_size}: computed {len(run.computed)} shard(s), skipped {len(run.skipped)} "
@@ -131,6 +138,16 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
         print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
               f"in {elapsed:.1f} s")
     return 0
+
+
+def _data_info(args: argparse.Namespace, n_pairs: int) -> dict[str, Any]:
+    """Provenance of --pairs: a file's path and SHA-256, or what a `datasets` source was (tiviz.hf_data)."""
+    from tiviz.data import file_sha256
+    from tiviz.hf_data import describe, is_hf_source
+
+    if is_hf_source(args.pairs):
+        return {**describe(args.pairs, args.split), "n_pairs": n_pairs}
+    return {"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": n_pairs}
 
 
 def _processes(device: str | None) -> tuple[int, int, Callable[[], None], str | None]:
