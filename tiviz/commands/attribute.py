@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
     p.add_argument("--limit", type=int, default=None, help="attribute only the first N pairs")
+    p.add_argument("--aggregate", choices=("token", "word"), default="token",
+                   help="one row per token (default) or per word: subword pieces merged, scores summed, weights "
+                   "renormalised (tiviz.aggregate)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad rows in the pairs file: stop (raise) or skip them with a warning")
     p.add_argument("--shard-dir", default=None, metavar="DIR",
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     df = attribute(loaded, pairs, methods, ref_model=ref, config=cfg, progress=progress, cache=cache_arg(args),
-                   data_info=_data_info(args, len(pairs)))
+                   data_info=_data_info(args, len(pairs)), aggregate=args.aggregate)
     bar.close()
     out = write_table(df, args.out)
     elapsed = time.perf_counter() - t0
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list[str], pairs: list[Any]) -> int:
     from tqdm import tqdm
 
+    from tiviz.aggregate import apply_aggregate
     from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
     from tiviz.errors import TableError
     from tiviz.models import load_model
@@ -132,7 +136,7 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
           f"finished earlier, of {run.n_shards} in {args.shard_dir}")
     barrier()  # every shard is on disk before rank 0 merges
     if rank == 0:
-        df = merge_shards(args.shard_dir)
+        df = apply_aggregate(merge_shards(args.shard_dir), args.aggregate)
         out = write_table(df, args.out)
         elapsed = time.perf_counter() - t0
         print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
