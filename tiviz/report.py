@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -159,6 +159,48 @@ def report_html(
         scores: an `Evaluation` (scores and curves) or its scores DataFrame.
         labels: names of the two tables in the before/after section.
     """
+    return _build(table, after=after, pairs=pairs, methods=methods, scores=scores, title=title,
+                  max_pairs=max_pairs, labels=labels)[0]
+
+
+def export_figures(table: pd.DataFrame, folder: str | Path, fmt: Literal["png", "svg"] = "png", *,
+                   after: pd.DataFrame | None = None, pairs: str | Sequence[str] | None = None,
+                   methods: str | Sequence[str] | None = None, scores: Evaluation | pd.DataFrame | None = None,
+                   labels: tuple[str, str] = ("before", "after")) -> list[Path]:
+    """Every figure of the report (same selection and arguments as `report_html`) as a PNG or SVG file in
+    `folder`, `fig-01.png`, ..., through plotly's static export (kaleido, which drives a Chrome/Chromium)."""
+    from tiviz.errors import ConfigError
+
+    if fmt not in ("png", "svg"):
+        raise ConfigError("figure format", fmt, "png, svg")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ConfigError("figures", str(folder), "static export needs kaleido: pip install kaleido (and a "
+                          "Chrome or Chromium on PATH)") from None
+    _, figs = _build(table, after=after, pairs=pairs, methods=methods, scores=scores, title=None, max_pairs=0,
+                     labels=labels)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    import plotly.io as pio
+
+    paths = [out / f"fig-{i:02d}.{fmt}" for i in range(1, len(figs.figures) + 1)]
+    pio.write_images(figs.figures, [str(p) for p in paths], format=fmt)  # one browser for all figures
+    return paths
+
+
+def _build(
+    table: pd.DataFrame,
+    *,
+    after: pd.DataFrame | None,
+    pairs: str | Sequence[str] | None,
+    methods: str | Sequence[str] | None,
+    scores: Evaluation | pd.DataFrame | None,
+    title: str | None,
+    max_pairs: int,
+    labels: tuple[str, str],
+) -> tuple[str, _Figures]:
+    """The report's HTML and its figures (kept for the static export)."""
     from tiviz import __version__
     from tiviz.compare import agreement_matrix, check_same_tokens, method_agreement, preference
 
@@ -217,7 +259,7 @@ def report_html(
         f"<h1>{escape_text(heading)}</h1><div class='sub'>written {escape_text(now)} by tiviz "
         f"{escape_text(__version__)}; opens offline, plots are interactive (hover, zoom)</div><nav>{nav}</nav>"
         f"{body}</main>{figs.scripts()}{_RENDER_SCRIPT}</body></html>\n"
-    )
+    ), figs
 
 
 _RENDER_SCRIPT = """<script>
@@ -235,12 +277,14 @@ class _Figures:
 
     def __init__(self) -> None:
         self._specs: list[str] = []
+        self.figures: list[go.Figure] = []
 
     def __len__(self) -> int:
         return len(self._specs)
 
     def add(self, fig: go.Figure) -> str:
         fid = f"fig-{len(self._specs) + 1}"
+        self.figures.append(fig)
         self._specs.append(_script_json(fig.to_json()))
         height = int(fig.layout.height or 420)
         return f'<div class="figure"><div id="{fid}" class="tiviz-figure" style="height:{height}px"></div></div>'
