@@ -125,10 +125,11 @@ def write_report(
     title: str | None = None,
     max_pairs: int = 20,
     labels: tuple[str, str] = ("before", "after"),
+    aggregate: str = "token",
 ) -> Path:
     """Write the self-contained HTML report (see `report_html`) to `out`; returns the path."""
     html = report_html(table, after=after, pairs=pairs, methods=methods, scores=scores, title=title,
-                       max_pairs=max_pairs, labels=labels)
+                       max_pairs=max_pairs, labels=labels, aggregate=aggregate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -147,6 +148,7 @@ def report_html(
     title: str | None = None,
     max_pairs: int = 20,
     labels: tuple[str, str] = ("before", "after"),
+    aggregate: str = "token",
 ) -> str:
     """The report as one HTML string: provenance, the distribution plots, the quality scores (when given),
     the before/after comparison (when `after` is given) and each pair's shaded chosen and rejected text.
@@ -158,9 +160,10 @@ def report_html(
             `max_pairs` of them.
         scores: an `Evaluation` (scores and curves) or its scores DataFrame.
         labels: names of the two tables in the before/after section.
+        aggregate: "token" (default) or "word": the report of the word-level tables (`tiviz.aggregate`).
     """
     return _build(table, after=after, pairs=pairs, methods=methods, scores=scores, title=title,
-                  max_pairs=max_pairs, labels=labels)[0]
+                  max_pairs=max_pairs, labels=labels, aggregate=aggregate)[0]
 
 
 def export_figures(table: pd.DataFrame, folder: str | Path, fmt: Literal["png", "svg"] = "png", *,
@@ -199,8 +202,13 @@ def _build(
     title: str | None,
     max_pairs: int,
     labels: tuple[str, str],
+    aggregate: str = "token",
 ) -> tuple[str, _Figures]:
     """The report's HTML and its figures (kept for the static export)."""
+    from tiviz.aggregate import apply_aggregate
+
+    table = apply_aggregate(table, aggregate)
+    after = apply_aggregate(after, aggregate) if after is not None else None
     from tiviz import __version__
     from tiviz.compare import agreement_matrix, check_same_tokens, method_agreement, preference
 
@@ -423,7 +431,15 @@ def _before_after_html(before: pd.DataFrame, after: pd.DataFrame, figs: _Figures
 
 def _pairs_html(sel: pd.DataFrame, after: pd.DataFrame | None, ids: list[Any], pref: Any,
                 labels: tuple[str, str]) -> str:
-    from tiviz.viz import is_signed, legend_html, plain_text_html, shaded_tokens_html, shading_range
+    from tiviz.aggregate import template_tokens
+    from tiviz.viz import (
+        diff_tokens_html,
+        is_signed,
+        legend_html,
+        plain_text_html,
+        shaded_tokens_html,
+        shading_range,
+    )
 
     names = list(dict.fromkeys(sel["method"]))
     signed = [m for m in names if is_signed(m, sel.loc[sel["method"] == m, "score"])]
@@ -458,11 +474,16 @@ def _pairs_html(sel: pd.DataFrame, after: pd.DataFrame | None, ids: list[Any], p
                     cells.append(f"<td>{shaded_tokens_html(rows_side, vmax=vmax, with_style=False)}</td>"
                                  if len(rows_side) else "<td></td>")
                 rows.append(f"<tr><td class='m'>{escape_text(m + tag)}</td>{''.join(cells)}</tr>")
+        diff_rows = g[g["method"] == names[0]]
+        diff_rows.attrs = sel.attrs
+        diff = diff_tokens_html(diff_rows, with_style=False, hide=template_tokens(diff_rows))
         parts.append(
             f"<div class='card'><h3>{escape_text(pid)}{meta}</h3><details><summary>prompt, as the model saw it"
             f"</summary>{plain_text_html(prompt, with_style=False)}</details>"
             f"<table class='pair'><tr><th class='m'></th><th>chosen</th><th>rejected</th></tr>{''.join(rows)}"
-            "</table></div>")
+            f"</table><details class='diff' open><summary>chosen vs rejected aligned ({escape_text(names[0])}): "
+            f"shared stretches dimmed, differing ones outlined, special tokens hidden</summary>{diff}</details>"
+            "</div>")
     return "".join(parts)
 
 
