@@ -40,6 +40,7 @@ SAMPLES: dict[str, str] = {
     "sample: conversational": "conversational.jsonl",
 }
 UPLOAD = "upload a file…"
+HF_DATASET = "Hugging Face dataset…"
 UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
 TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
 RESULT_CACHE_ENTRIES = 256
@@ -147,6 +148,17 @@ def load_sample(name: str) -> Dataset:
         raise ConfigError("dataset", name, ", ".join(SAMPLES))
     path = DATA_DIR / SAMPLES[name]
     return Dataset(name=name, key=file_sha256(path), path=str(path), pairs=tuple(load_pairs(path)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_hf_dataset(source: str, split: str | None, limit: int) -> Dataset:
+    """A `datasets` source (a `save_to_disk` folder, or a hub id `owner/name[:config]`, streamed), its first
+    `limit` rows, through `tiviz.data.load_pairs` (validation and errors as for files; `tiviz.hf_data`)."""
+    pairs = load_pairs(source, split=split or None, limit=limit)
+    spec = f"{source}|{split}|{limit}"
+    key = hashlib.sha256(("\n".join(json.dumps(p.to_record(), sort_keys=True, default=str) for p in pairs)
+                          ).encode()).hexdigest()
+    return Dataset(name=f"{source} [{split}]" if split else source, key=key, path=spec, pairs=tuple(pairs))
 
 
 def load_upload(filename: str, data: bytes, folder: Path) -> Dataset:
