@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from tiviz.errors import TivizError
+from tiviz.integrations.checkpoints import weights_folder
 from tiviz.training.runfolder import STATUS_FILE, read_status, request_stop, stop_requested
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,7 @@ def list_runs(root: Path, exclude: set[str] | None = None) -> list[RunInfo]:
         if not d.is_dir() or d.name.startswith(".") or d.is_symlink() or (exclude and d.name in exclude):
             continue
         status = read_status(d)
-        final = d / "final"
-        has_final = (final / "config.json").exists() and any(final.glob("*.safetensors"))
+        has_final = weights_folder(d) is not None  # tiviz's final/, or a TRL output / checkpoint / merged LoRA
         state = str(status.get("state") or ("finished" if has_final else "unknown"))
         runs.append(RunInfo(name=d.name, path=d, state=state, step=_int(status.get("step")),
                             total_steps=_int(status.get("total_steps")),

@@ -244,7 +244,7 @@ def run_base_model(name: str) -> str:
 
 def run_choice(name: str) -> ModelChoice:
     """A finished run as the policy; its key changes if the run's final weights are rewritten."""
-    final = inside(runs_dir(), name, what="run") / "final"
+    final = run_weights(name)
     stamp = max((f.stat().st_mtime_ns for f in final.glob("*") if f.is_file()), default=0)
     return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name, base=run_base_model(name))
 
@@ -272,8 +272,16 @@ def load_run_model(key: str, final_dir: str) -> LoadedModel:
 def get_model(choice: ModelChoice) -> LoadedModel:
     if choice.run is None:
         return load_base_model(choice.base)
-    final = inside(runs_dir(), choice.run, what="run") / "final"
-    return load_run_model(choice.key, str(final))
+    return load_run_model(choice.key, str(run_weights(choice.run)))
+
+
+def run_weights(name: str) -> Path:
+    """The weights of a run in the runs folder: tiviz's `final/`, or a TRL output, checkpoint or merged LoRA
+    (`tiviz.integrations.checkpoints.weights_folder`); `final/` when it has none yet."""
+    from tiviz.integrations.checkpoints import weights_folder
+
+    run = inside(runs_dir(), name, what="run")
+    return weights_folder(run) or run / "final"
 
 
 def reference_for(choice: ModelChoice) -> Any | None:

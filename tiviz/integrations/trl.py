@@ -27,11 +27,11 @@ from transformers import TrainerCallback
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
 from tiviz.errors import TableError
+from tiviz.integrations.checkpoints import CHECKPOINT, is_model_folder
 
 log = logging.getLogger(__name__)
 TABLES = "tiviz"
 _STEP = re.compile(r"^step-(\d+)\.parquet$")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class AdapterDisabled(torch.nn.Module):
@@ -167,11 +167,6 @@ def step_tables(folder: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def is_model_folder(folder: Path) -> bool:
-    """A folder transformers can load a model from: a TRL checkpoint, a merged LoRA, a tiviz `final/`."""
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
-
-
 def run_table(path: str | Path, at: Literal["first", "last"] = "last", *, pairs: Any = None,
               methods: str | Sequence[str] | None = None) -> pd.DataFrame:
     """The tidy table a path stands for, so `tiviz compare` takes runs and checkpoints as well as tables.
@@ -191,7 +186,7 @@ def run_table(path: str | Path, at: Literal["first", "last"] = "last", *, pairs:
     tables = step_tables(path)
     if tables:
         return read_table(tables[min(tables) if at == "first" else max(tables)])
-    step = _CHECKPOINT.match(path.name)
+    step = CHECKPOINT.match(path.name)
     if step and int(step.group(1)) in step_tables(path.parent):
         return read_table(step_tables(path.parent)[int(step.group(1))])
     if is_model_folder(path):
