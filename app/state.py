@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from tiviz.config import result_settings
 from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
 from tiviz.errors import ConfigError, DataError
 from tiviz.models import DEFAULT_MODEL, LoadedModel
@@ -347,14 +348,11 @@ def result_cache() -> ResultCache:
 Progress = Callable[[float, str], None]
 
 
-IG_ONLY = ("n_steps", "ig_method", "ig_baseline", "ig_span", "internal_batch_size")
-
-
 def attribution_key(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], method: str,
                     settings: dict[str, Any] | None) -> tuple:
-    """Everything that makes a method's table; integrated-gradients settings only count for that method, so
-    the Methods page reuses what Inspect computed."""
-    relevant = {k: v for k, v in (settings or {}).items() if method == "integrated_gradients" or k not in IG_ONLY}
+    """Everything that makes a method's table; only the settings it depends on count
+    (`tiviz.config.result_settings`), so the Methods page reuses what Inspect computed."""
+    relevant = result_settings(method, settings or {})
     return ("attr", choice.key, dataset.key, tuple(pair_ids), method, json.dumps(relevant, sort_keys=True))
 
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning. On a CPU shared with other work (a laptop, CI, several users)
-# spinning threads fight each other: measured 8x slower forwards on 2 busy cores (docs/BENCHMARKS.md). Read
-# when torch loads, so it must come first; an explicit setting wins.
+# spinning threads compete with it for the cores (`benchmarks/app_first_heatmap.py --compare-active` measures
+# the difference). Read when torch loads, so it must come first; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent

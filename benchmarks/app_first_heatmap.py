@@ -204,8 +204,9 @@ def main() -> int:
         *([f"| peer: same new pairs, OMP_WAIT_POLICY=ACTIVE | median {statistics.median(active):.2f} "
            f"({statistics.median(active) / med:.1f}x the app's setting) |"] if active else []), "",
         "- The app sets OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep) unless the environment says "
-        "otherwise: with torch's default spinning threads and other work on the CPU, every forward slowed "
-        "several-fold." + (" The peer row measures that in this run." if active else ""),
+        "otherwise, because torch's default spinning threads compete with other work on the CPU. "
+        + ("The peer row measures the difference in this run." if active else
+           "Not measured in this run: `--compare-active` adds a peer row that measures it."),
         f"- Machine: {v['machine']}; shared with other jobs while measured (1-minute load average "
         f"{load_before:.1f} before, {load_after:.1f} after), so timings are noisy.",
         f"- Versions: Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, streamlit "

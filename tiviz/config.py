@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 @dataclass
 class AttributionConfig:
-    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (shared/TI-DPO.md) and Captum."""
+    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (docs/METHOD.md §2) and Captum."""
 
     target: str = field(default="logprob", metadata={"help": "what the gradient methods explain: max_logit "
                         "(TI-DPO Eq. 4), logprob (response log-likelihood), reward (implicit reward, needs a "
@@ -94,3 +95,23 @@ class AttributionConfig:
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], "one of " + ", ".join(sorted(known)))
         return cls(**data)
+
+
+# The methods whose result each setting changes; a setting not listed changes every method's result. Batching
+# settings change none (how the work is split, not what it computes: rows agree up to float noise).
+SETTING_SCOPE: dict[str, tuple[str, ...]] = {
+    "batch_size": (), "internal_batch_size": (), "padding_side": (),
+    **dict.fromkeys(("n_steps", "ig_tolerance", "ig_max_steps", "ig_method", "ig_baseline", "ig_span"),
+                    ("integrated_gradients",)),
+    "target": ("gradient", "grad_x_input", "integrated_gradients"),
+    "norm": ("gradient",),
+    "attention_agg": ("attention",),
+    **dict.fromkeys(("lam", "sigma_divisor", "span", "weight_scale"), ("tidpo",)),
+    "beta": ("gradient", "grad_x_input", "integrated_gradients", "implicit_reward"),  # reward targets, rewards
+}
+
+
+def result_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings (AttributionConfig fields) that `method`'s scores depend on: what a cache of one method's
+    result must key on, so that changing another method's knob (or a batch size) reuses it."""
+    return {k: v for k, v in settings.items() if method in SETTING_SCOPE.get(k, (method,))}

@@ -2,8 +2,9 @@
 
 The key is a hash of everything that decides the rows: the model's weights (a hash of every parameter, so a
 model trained in place or a folder rewritten under the same name gets new keys), the reference model's weights,
-the method, the settings that change scores (batch sizes do not), the pair's id, its texts and the exact token
-ids both sides were encoded to, and the tiviz version. A cached row is the row the same call would compute, up to
+the method, the settings that change its scores (`tiviz.config.result_settings`: batch sizes and other methods'
+settings do not), the pair's id, its texts and the exact token ids both sides were encoded to, and the tiviz
+version. A cached row is the row the same call would compute, up to
 the float noise of a different padding or batch.
 
     df = attribute(lm, pairs, ["gradient", "tidpo"], cache=True)             # computes, writes the cache
@@ -23,15 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tiviz.config import AttributionConfig
+from tiviz.config import AttributionConfig, result_settings
 from tiviz.data import PreferencePair
 from tiviz.tokenization import EncodedSequence
 
 log = logging.getLogger(__name__)
-
-# Settings that change how work is batched, not what it computes.
-NOT_IN_KEY = ("batch_size", "internal_batch_size", "padding_side")
-
 
 def default_folder() -> Path:
     """`<tiviz cache dir>/attributions` ($TIVIZ_CACHE_DIR or ~/.cache/tiviz)."""
@@ -58,17 +55,18 @@ class AttributionCache:
         from tiviz import __version__
 
         self.folder = Path(folder)
-        settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+        self._settings = config.to_dict()
         self._context = json.dumps({
             "tiviz": __version__, "model": weights_fingerprint(model),
-            "ref": weights_fingerprint(ref_model) if ref_model is not None else None, "settings": settings,
+            "ref": weights_fingerprint(ref_model) if ref_model is not None else None,
         }, sort_keys=True, default=str)
         self.hits = 0
         self.misses = 0
 
     def key(self, pair: PreferencePair, sides: tuple[EncodedSequence, EncodedSequence], method: str) -> str:
         what = json.dumps({
-            "context": self._context, "method": method, "id": pair.id,
+            "context": self._context, "method": method, "settings": result_settings(method, self._settings),
+            "id": pair.id,
             "sides": [[s.prompt_text, s.response_text, list(map(int, s.input_ids)), s.response_start] for s in sides],
         }, sort_keys=True, default=str)
         return hashlib.sha256(what.encode("utf-8")).hexdigest()

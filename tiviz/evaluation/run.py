@@ -45,6 +45,10 @@ SCORES = (*PLAUSIBILITY, *FAITHFULNESS)
 SCORE_COLUMNS = ["method", *[c for s in SCORES for c in (s, f"{s}_random")], "positive_rate", "spearman_mean",
                  "kendall_mean", "target", "n_sequences", "n_rationale_sequences"]
 HIGHER_IS_BETTER = {s: s != "sufficiency" for s in SCORES}
+# The one label of each score, for tables, figures and reports (↓: lower is better). docs/EVALUATION.md.
+SCORE_LABELS = {"auprc": "AUPRC", "hit_at_k": "hit@k", "aopc_deletion": "AOPC deletion",
+                "aopc_insertion": "AOPC insertion", "comprehensiveness": "comprehensiveness",
+                "sufficiency": "sufficiency ↓"}
 
 
 @dataclass
@@ -355,8 +359,7 @@ def _aggregate(per_seq: pd.DataFrame, agree: pd.DataFrame, names: list[str], tar
 
 def format_scores(scores: pd.DataFrame) -> str:
     """Plain-text table: one row per method, each score as 'value (random)'."""
-    heads = [("auprc", "AUPRC"), ("hit_at_k", "hit@k"), ("aopc_deletion", "AOPC del"),
-             ("aopc_insertion", "AOPC ins"), ("comprehensiveness", "compreh."), ("sufficiency", "suff. (lower)")]
+    heads = list(SCORE_LABELS.items())
     width = max([len("method"), *[len(str(m)) for m in scores["method"]]]) + 2
     cells = [[f"{_num(r[s])} ({_num(r[f'{s}_random'])})" for s, _ in heads] for _, r in scores.iterrows()]
     cw = [max([len(h), *[len(c[i]) for c in cells]]) + 2 for i, (_, h) in enumerate(heads)]
@@ -365,8 +368,8 @@ def format_scores(scores: pd.DataFrame) -> str:
     for (_, r), c in zip(scores.iterrows(), cells, strict=True):
         lines.append(str(r["method"]).ljust(width) + "".join(x.rjust(w) for x, w in zip(c, cw, strict=True)) +
                      _num(r["spearman_mean"]).rjust(8) + str(int(r["n_sequences"])).rjust(6))
-    lines.append("(in parentheses: a random ranking of the same tokens. rho: mean Spearman with the other "
-                 "methods. n: sequences.)")
+    lines.append("(in parentheses: a random ranking of the same tokens. ↓: lower is better. rho: mean Spearman "
+                 "with the other methods. n: sequences.)")
     return "\n".join(lines)
 
 

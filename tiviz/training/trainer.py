@@ -5,7 +5,7 @@
     result = trainer.train()                # or trainer.train(resume=True) to continue a killed run
     load_model("runs/x/final")              # the aligned model, readable by tiviz and transformers
 
-Each optimizer step (docs/METHOD.md):
+Each optimizer step (docs/METHOD.md §2 to §5):
 1. the global batch of the step comes from (seed, step) alone (`StepOrder`), split over processes and
    gradient-accumulation micro-batches;
 2. with the triplet term on, one anchor per pair is sampled from the current policy in one `generate` call
