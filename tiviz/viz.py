@@ -237,7 +237,7 @@ def diff_tokens_html(
     resp = df_pair[df_pair["in_response"]]
     sides = {s: resp[resp["side"] == s].sort_values("position") for s in ("chosen", "rejected")}
     method = str(df_pair["method"].iloc[0])
-    vals = {s: _values(r, value).to_numpy(dtype=float) for s, r in sides.items()}
+    vals = {s: table_values(r, value).to_numpy(dtype=float) for s, r in sides.items()}
     if scale is None:
         both = np.concatenate([vals["chosen"], vals["rejected"]])
         scale = "diverging" if value == "score" and is_signed(method, both) else "sequential"
