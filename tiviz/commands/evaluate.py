@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
+from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, check_limit, dataclass_overrides
 from tiviz.config import AttributionConfig
 
 
@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from tiviz.table import read_table
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
+    check_limit(args.limit)
     all_pairs = load_pairs(args.pairs)
-    pairs = all_pairs[: args.limit] if args.limit else all_pairs
+    pairs = all_pairs[: args.limit] if args.limit is not None else all_pairs
     table = None
     if args.table:
         full = read_table(args.table)
