@@ -31,6 +31,7 @@ import pandas as pd
 import psutil
 
 from tiviz.errors import ModelError, TivizError
+from tiviz.integrations.checkpoints import weights_folder
 from tiviz.training.runfolder import (
     STATUS_FILE,
     final_dir,
@@ -355,8 +356,9 @@ def list_runs(root: Path, exclude: set[str] | None = None) -> list[RunInfo]:
         if not d.is_dir() or d.name.startswith(".") or d.is_symlink() or (exclude and d.name in exclude):
             continue
         status = read_status(d)
-        final = final_dir(d)
-        has_final = (final / "config.json").exists() and any(final.glob("*.safetensors"))
+        # tiviz's final/, or a TRL output / checkpoint / merged LoRA (integrations.checkpoints)
+        final = weights_folder(d) or final_dir(d)
+        has_final = weights_folder(d) is not None
         state = str(status.get("state") or ("finished" if has_final else "unknown"))
         problem = None
         if state in RUNNING_STATES and (d / JOB_FILE).exists() and Job.adopt(d) is None:

@@ -44,6 +44,7 @@ SAMPLES: dict[str, str] = {
     "sample: conversational": "conversational.jsonl",
 }
 UPLOAD = "upload a file…"
+HF_DATASET = "Hugging Face dataset…"
 UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
 TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
 RESULT_CACHE_ENTRIES = 256
@@ -188,6 +189,17 @@ def load_sample(name: str) -> Dataset:
     return Dataset(name=name, key=file_sha256(path), path=str(path), pairs=tuple(load_pairs(path)))
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_hf_dataset(source: str, split: str | None, limit: int) -> Dataset:
+    """A `datasets` source (a `save_to_disk` folder, or a hub id `owner/name[:config]`, streamed), its first
+    `limit` rows, through `tiviz.data.load_pairs` (validation and errors as for files; `tiviz.hf_data`)."""
+    pairs = load_pairs(source, split=split or None, limit=limit)
+    spec = f"{source}|{split}|{limit}"
+    key = hashlib.sha256(("\n".join(json.dumps(p.to_record(), sort_keys=True, default=str) for p in pairs)
+                          ).encode()).hexdigest()
+    return Dataset(name=f"{source} [{split}]" if split else source, key=key, path=spec, pairs=tuple(pairs))
+
+
 def load_upload(filename: str, data: bytes, folder: Path) -> Dataset:
     """Validate an uploaded file and load its pairs. The bytes are written only into `folder` (the session's own
     temporary folder), under a sanitised name; they are parsed as data, never executed.
@@ -273,7 +285,7 @@ def run_base_model(name: str) -> str:
 
 def run_choice(name: str) -> ModelChoice:
     """A finished run as the policy; its key changes if the run's final weights are rewritten."""
-    final = inside(runs_dir(), name, what="run") / "final"
+    final = run_weights(name)
     stamp = max((f.stat().st_mtime_ns for f in final.glob("*") if f.is_file()), default=0)
     return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name, base=run_base_model(name))
 
@@ -330,8 +342,16 @@ def get_model(choice: ModelChoice) -> LoadedModel:
         return load_reward_folder(choice.key, str(inside(runs_dir(), choice.reward_model, what="reward model")))
     if choice.run is None:
         return load_base_model(choice.base)
-    final = inside(runs_dir(), choice.run, what="run") / "final"
-    return load_run_model(choice.key, str(final))
+    return load_run_model(choice.key, str(run_weights(choice.run)))
+
+
+def run_weights(name: str) -> Path:
+    """The weights of a run in the runs folder: tiviz's `final/`, or a TRL output, checkpoint or merged LoRA
+    (`tiviz.integrations.checkpoints.weights_folder`); `final/` when it has none yet."""
+    from tiviz.integrations.checkpoints import weights_folder
+
+    run = inside(runs_dir(), name, what="run")
+    return weights_folder(run) or run / "final"
 
 
 def reference_for(choice: ModelChoice) -> Any | None:

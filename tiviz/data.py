@@ -142,6 +142,8 @@ def load_pairs(
     on_error: OnError = "raise",
     name: str | None = None,
     budget: ReadBudget | None = None,
+    split: str | None = None,
+    limit: int | None = None,
 ) -> list[PreferencePair]:
     """Load and validate preference pairs.
 
@@ -151,11 +153,18 @@ def load_pairs(
             a warning for each, and raises only when no valid row is left.
         name: what to call an in-memory source in error messages.
         budget: most rows and characters to decode (default: no limit); past it, a `DataError`.
+        split: the split of a `datasets` source (`tiviz.hf_data`): a DatasetDict folder or a hub dataset.
+        limit: read at most this many rows of a `datasets` source (a hub dataset streams only those).
     Returns:
         the pairs, in file order.
     """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}", field="on_error")
+    from tiviz.hf_data import hf_rows, is_hf_source
+
+    if is_hf_source(source):  # a save_to_disk folder, a datasets object or a hub id: rows as dicts
+        hf_label, source = hf_rows(source, split=split, limit=limit)
+        name = name or hf_label
     if isinstance(source, str | Path):
         path = Path(source)
         label = str(path)

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -125,10 +125,11 @@ def write_report(
     title: str | None = None,
     max_pairs: int = 20,
     labels: tuple[str, str] = ("before", "after"),
+    aggregate: str = "token",
 ) -> Path:
     """Write the self-contained HTML report (see `report_html`) to `out`; returns the path."""
     html = report_html(table, after=after, pairs=pairs, methods=methods, scores=scores, title=title,
-                       max_pairs=max_pairs, labels=labels)
+                       max_pairs=max_pairs, labels=labels, aggregate=aggregate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -147,6 +148,7 @@ def report_html(
     title: str | None = None,
     max_pairs: int = 20,
     labels: tuple[str, str] = ("before", "after"),
+    aggregate: str = "token",
 ) -> str:
     """The report as one HTML string: provenance, the distribution plots, the quality scores (when given),
     the before/after comparison (when `after` is given) and each pair's shaded chosen and rejected text.
@@ -158,7 +160,55 @@ def report_html(
             `max_pairs` of them.
         scores: an `Evaluation` (scores and curves) or its scores DataFrame.
         labels: names of the two tables in the before/after section.
+        aggregate: "token" (default) or "word": the report of the word-level tables (`tiviz.aggregate`).
     """
+    return _build(table, after=after, pairs=pairs, methods=methods, scores=scores, title=title,
+                  max_pairs=max_pairs, labels=labels, aggregate=aggregate)[0]
+
+
+def export_figures(table: pd.DataFrame, folder: str | Path, fmt: Literal["png", "svg"] = "png", *,
+                   after: pd.DataFrame | None = None, pairs: str | Sequence[str] | None = None,
+                   methods: str | Sequence[str] | None = None, scores: Evaluation | pd.DataFrame | None = None,
+                   labels: tuple[str, str] = ("before", "after")) -> list[Path]:
+    """Every figure of the report (same selection and arguments as `report_html`) as a PNG or SVG file in
+    `folder`, `fig-01.png`, ..., through plotly's static export (kaleido, which drives a Chrome/Chromium)."""
+    from tiviz.errors import ConfigError
+
+    if fmt not in ("png", "svg"):
+        raise ConfigError("figure format", fmt, "png, svg")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ConfigError("figures", str(folder), "static export needs kaleido: pip install kaleido (and a "
+                          "Chrome or Chromium on PATH)") from None
+    _, figs = _build(table, after=after, pairs=pairs, methods=methods, scores=scores, title=None, max_pairs=0,
+                     labels=labels)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    import plotly.io as pio
+
+    paths = [out / f"fig-{i:02d}.{fmt}" for i in range(1, len(figs.figures) + 1)]
+    pio.write_images(figs.figures, [str(p) for p in paths], format=fmt)  # one browser for all figures
+    return paths
+
+
+def _build(
+    table: pd.DataFrame,
+    *,
+    after: pd.DataFrame | None,
+    pairs: str | Sequence[str] | None,
+    methods: str | Sequence[str] | None,
+    scores: Evaluation | pd.DataFrame | None,
+    title: str | None,
+    max_pairs: int,
+    labels: tuple[str, str],
+    aggregate: str = "token",
+) -> tuple[str, _Figures]:
+    """The report's HTML and its figures (kept for the static export)."""
+    from tiviz.aggregate import apply_aggregate
+
+    table = apply_aggregate(table, aggregate)
+    after = apply_aggregate(after, aggregate) if after is not None else None
     from tiviz import __version__
     from tiviz.compare import agreement_matrix, check_same_tokens, method_agreement, preference
 
@@ -217,7 +267,7 @@ def report_html(
         f"<h1>{escape_text(heading)}</h1><div class='sub'>written {escape_text(now)} by tiviz "
         f"{escape_text(__version__)}; opens offline, plots are interactive (hover, zoom)</div><nav>{nav}</nav>"
         f"{body}</main>{figs.scripts()}{_RENDER_SCRIPT}</body></html>\n"
-    )
+    ), figs
 
 
 _RENDER_SCRIPT = """<script>
@@ -235,12 +285,14 @@ class _Figures:
 
     def __init__(self) -> None:
         self._specs: list[str] = []
+        self.figures: list[go.Figure] = []
 
     def __len__(self) -> int:
         return len(self._specs)
 
     def add(self, fig: go.Figure) -> str:
         fid = f"fig-{len(self._specs) + 1}"
+        self.figures.append(fig)
         self._specs.append(_script_json(fig.to_json()))
         height = int(fig.layout.height or 420)
         return f'<div class="figure"><div id="{fid}" class="tiviz-figure" style="height:{height}px"></div></div>'
@@ -378,7 +430,15 @@ def _before_after_html(before: pd.DataFrame, after: pd.DataFrame, figs: _Figures
 
 def _pairs_html(sel: pd.DataFrame, after: pd.DataFrame | None, ids: list[Any], pref: Any,
                 labels: tuple[str, str]) -> str:
-    from tiviz.viz import is_signed, legend_html, plain_text_html, shaded_tokens_html, shading_range
+    from tiviz.aggregate import template_tokens
+    from tiviz.viz import (
+        diff_tokens_html,
+        is_signed,
+        legend_html,
+        plain_text_html,
+        shaded_tokens_html,
+        shading_range,
+    )
 
     names = list(dict.fromkeys(sel["method"]))
     signed = [m for m in names if is_signed(m, sel.loc[sel["method"] == m, "score"])]
@@ -413,11 +473,16 @@ def _pairs_html(sel: pd.DataFrame, after: pd.DataFrame | None, ids: list[Any], p
                     cells.append(f"<td>{shaded_tokens_html(rows_side, vmax=vmax, with_style=False)}</td>"
                                  if len(rows_side) else "<td></td>")
                 rows.append(f"<tr><td class='m'>{escape_text(m + tag)}</td>{''.join(cells)}</tr>")
+        diff_rows = g[g["method"] == names[0]]
+        diff_rows.attrs = sel.attrs
+        diff = diff_tokens_html(diff_rows, with_style=False, hide=template_tokens(diff_rows))
         parts.append(
             f"<div class='card'><h3>{escape_text(pid)}{meta}</h3><details><summary>prompt, as the model saw it"
             f"</summary>{plain_text_html(prompt, with_style=False)}</details>"
             f"<table class='pair'><tr><th class='m'></th><th>chosen</th><th>rejected</th></tr>{''.join(rows)}"
-            "</table></div>")
+            f"</table><details class='diff' open><summary>chosen vs rejected aligned ({escape_text(names[0])}): "
+            f"shared stretches dimmed, differing ones outlined, special tokens hidden</summary>{diff}</details>"
+            "</div>")
     return "".join(parts)
 
 

@@ -47,16 +47,23 @@ VALUE_LABELS = {
 }
 
 TOKENS_CSS = """
-.tiviz-tokens{font-family:ui-sans-serif,system-ui,-apple-system,"Segoe UI",sans-serif;font-size:15px;
+.tiviz-tokens,.tiviz-diff{font-family:ui-sans-serif,system-ui,-apple-system,"Segoe UI",sans-serif;font-size:15px;
   line-height:1.9;white-space:pre-wrap;word-break:break-word;padding:10px 12px;border:1px solid #e3e3e8;
   border-radius:8px;background:#fff;color:#1f1f24}
-.tiviz-tokens .tok{position:relative;border-radius:3px;padding:1px 0;cursor:default}
-.tiviz-tokens .tok:hover{outline:2px solid #333;z-index:2}
-.tiviz-tokens .tok-special{font-size:11px;color:#6b6b76;border:1px dashed #b9b9c3;padding:0 3px;margin:0 1px}
-.tiviz-tokens .tok-empty{display:inline-block;width:3px;height:1em;vertical-align:middle}
-.tiviz-tokens .tok[data-tip]:hover::after{content:attr(data-tip);position:absolute;left:0;top:100%;
+:is(.tiviz-tokens,.tiviz-diff) .tok{position:relative;border-radius:3px;padding:1px 0;cursor:default}
+:is(.tiviz-tokens,.tiviz-diff) .tok:hover{outline:2px solid #333;z-index:2}
+:is(.tiviz-tokens,.tiviz-diff) .tok-special{font-size:11px;color:#6b6b76;border:1px dashed #b9b9c3;padding:0 3px;margin:0 1px}
+:is(.tiviz-tokens,.tiviz-diff) .tok-empty{display:inline-block;width:3px;height:1em;vertical-align:middle}
+:is(.tiviz-tokens,.tiviz-diff) .tok[data-tip]:hover::after{content:attr(data-tip);position:absolute;left:0;top:100%;
   margin-top:4px;white-space:pre;background:#26262c;color:#fff;font-size:12px;line-height:1.4;
   padding:4px 7px;border-radius:4px;z-index:10;pointer-events:none}
+.tiviz-diff{display:flex;flex-wrap:wrap;align-items:stretch;row-gap:8px}
+.tiviz-diff .diff-seg{display:inline-flex;flex-direction:column;max-width:100%;border-radius:4px;padding:1px 2px;
+  margin:0 1px}
+.tiviz-diff .diff-side{display:block;min-height:1.9em;white-space:pre-wrap}
+.tiviz-diff .diff-same{opacity:.45}
+.tiviz-diff .diff-differ{outline:2px solid #d6604d;outline-offset:-1px}
+.tiviz-diff .diff-labels{font-size:11px;color:#6b6b76;padding-right:6px}
 .tiviz-title{font-weight:600;margin:0 0 4px 0;color:#33333a}
 .tiviz-legend{font-family:ui-sans-serif,system-ui,sans-serif;font-size:12px;color:#44444c;max-width:420px}
 .tiviz-legend .bar{height:12px;border-radius:3px;border:1px solid #d0d0d8}
@@ -169,6 +176,14 @@ def shaded_tokens_html(
         scale = "diverging" if value == "score" and is_signed(method, vals) else "sequential"
     if vmax is None:
         vmax = shading_range(rows, value, response_only=not include_prompt)
+    parts = _token_spans(rows, vals, vmax, scale)
+    head = f'<div class="tiviz-title">{escape_text(title)}</div>' if title else ""
+    css = f"<style>{TOKENS_CSS}</style>" if with_style else ""
+    return f'{css}{head}<div class="tiviz-tokens" data-method="{escape_text(method)}">{"".join(parts)}</div>'
+
+
+def _token_spans(rows: pd.DataFrame, vals: np.ndarray, vmax: float, scale: Scale) -> list[str]:
+    """One `<span>` per token of `rows` (sorted by position), shaded by `vals`, with a hover tip; escaped."""
     ranks = _ranks(vals)
     n = int(np.isfinite(vals).sum())
     parts = []
@@ -190,9 +205,60 @@ def shaded_tokens_html(
             style += ";color:#fff"
         parts.append(f'<span class="{classes}" style="{style}" data-tip="{escape_text(tip)}">'
                      f"{escape_text(shown)}</span>")
-    head = f'<div class="tiviz-title">{escape_text(title)}</div>' if title else ""
+    return parts
+
+
+def diff_tokens_html(
+    df_pair: pd.DataFrame,
+    *,
+    value: Value = "score",
+    scale: Scale | None = None,
+    vmax: float | None = None,
+    hide: pd.Series | None = None,
+    with_style: bool = True,
+) -> str:
+    """The chosen and rejected responses of one (pair, method) aligned token by token (`tiviz.alignment`):
+    each stretch is a column with the chosen tokens above the rejected ones; stretches both share are dimmed,
+    stretches where they differ outlined, and every token keeps its attribution shading.
+
+    Args:
+        df_pair: the table's rows of exactly one pair_id and method, both sides.
+        value, scale: as in `shaded_tokens_html`; one colour range (`vmax`, default `shading_range` of both
+            responses) for both sides.
+        hide: a boolean Series on the table's index (e.g. `tiviz.aggregate.template_tokens`): rows to leave
+            out of the view; the alignment and the shading range still use every token, scores are untouched.
+    Returns:
+        an HTML fragment; every piece of text in it is escaped.
+    """
+    from tiviz.alignment import align_tokens
+
+    if df_pair["pair_id"].nunique() != 1 or df_pair["method"].nunique() != 1:
+        raise ValueError("diff_tokens_html needs the rows of exactly one pair and one method")
+    resp = df_pair[df_pair["in_response"]]
+    sides = {s: resp[resp["side"] == s].sort_values("position") for s in ("chosen", "rejected")}
+    method = str(df_pair["method"].iloc[0])
+    vals = {s: table_values(r, value).to_numpy(dtype=float) for s, r in sides.items()}
+    if scale is None:
+        both = np.concatenate([vals["chosen"], vals["rejected"]])
+        scale = "diverging" if value == "score" and is_signed(method, both) else "sequential"
+    if vmax is None:
+        vmax = shading_range(resp, value)
+    spans = {s: _token_spans(sides[s], vals[s], vmax, scale) for s in sides}
+    shown = {s: [hide is None or not bool(hide.get(i, False)) for i in sides[s].index] for s in sides}
+    # a word-level table keeps the first piece's id per word: align its words by their joined pieces instead
+    key = "token" if df_pair.attrs.get("tiviz", {}).get("aggregate", {}).get("level") == "word" else "token_id"
+    segments = []
+    for seg in align_tokens(sides["chosen"][key].tolist(), sides["rejected"][key].tolist()):
+        cells = []
+        for side, (a, b) in (("chosen", seg.chosen), ("rejected", seg.rejected)):
+            inner = "".join(sp for sp, keep in zip(spans[side][a:b], shown[side][a:b], strict=True) if keep)
+            cells.append(f'<span class="diff-side diff-{side}">{inner or "&#8203;"}</span>')
+        segments.append(f'<span class="diff-seg diff-{seg.kind}">{"".join(cells)}</span>')
+    labels = ('<span class="diff-seg diff-labels"><span class="diff-side">chosen</span>'
+              '<span class="diff-side">rejected</span></span>')
     css = f"<style>{TOKENS_CSS}</style>" if with_style else ""
-    return f'{css}{head}<div class="tiviz-tokens" data-method="{escape_text(method)}">{"".join(parts)}</div>'
+    return (f'{css}<div class="tiviz-diff" data-method="{escape_text(method)}">{labels}'
+            f'{"".join(segments)}</div>')
 
 
 def plain_text_html(text: str, *, title: str | None = None, with_style: bool = True) -> str:

@@ -37,6 +37,15 @@ def show_pair(df: pd.DataFrame, pair_id: str, method: str, value: str = "score",
     st.html(viz.legend_html(0.0, vmax, scale=scale, label=f"{method} {value}", clipped=bool((values > vmax * 1.000001).any())))
 
 
+def show_diff(df: pd.DataFrame, pair_id: str, method: str, value: str = "score", *,
+              hide: pd.Series | None = None) -> None:
+    """Chosen and rejected aligned token by token (`tiviz.alignment`): shared stretches dimmed, differing ones
+    outlined, the attribution shading on top."""
+    rows = df[(df["pair_id"] == pair_id) & (df["method"] == method)]
+    rows.attrs = df.attrs
+    st.html(viz.diff_tokens_html(rows, value=value, hide=hide))  # type: ignore[arg-type]
+
+
 def show_scores(row: pd.Series, *, reference: bool) -> None:
     """The preference scores of a pair: log-probs, their margin, and implicit rewards with a reference."""
     c = st.columns(3)

@@ -51,11 +51,14 @@ def sidebar() -> None:
         _from_query_params()
     with st.sidebar:
         st.markdown("### Data")
-        options = [*state.SAMPLES, state.UPLOAD]
+        options = [*state.SAMPLES, state.UPLOAD, state.HF_DATASET]
         choice = st.selectbox("Dataset", options, key="dataset",
-                              help="The bundled sample pairs, or your own JSONL / JSON / CSV / Parquet file")
+                              help="The bundled sample pairs, your own JSONL / JSON / CSV / Parquet file, or a "
+                              "Hugging Face dataset (a save_to_disk folder or a hub id)")
         if choice == state.UPLOAD:
             _upload_widget()
+        elif choice == state.HF_DATASET:
+            _hf_widget()
         else:
             st.session_state["_dataset"] = state.load_sample(choice)
         dataset = current_dataset()
@@ -102,6 +105,21 @@ def _from_query_params() -> None:
         pair = st.query_params.get("pair")
         if state.load_sample(name).has(pair):
             st.session_state["pair"] = pair
+
+
+def _hf_widget() -> None:
+    source = st.text_input("Folder or hub id", key="hf_source", placeholder="trl-lib/ultrafeedback_binarized",
+                           help="a folder written by Dataset.save_to_disk / DatasetDict.save_to_disk, or a hub "
+                           "dataset id owner/name[:config] (streamed)")
+    split = st.text_input("Split", key="hf_split", help="the split of a DatasetDict or hub dataset")
+    limit = st.number_input("Rows", 1, 10_000, 100, key="hf_limit", help="read only the first N rows")
+    st.session_state.pop("_dataset", None)
+    if not source.strip():
+        return
+    try:
+        st.session_state["_dataset"] = state.load_hf_dataset(source.strip(), split.strip() or None, int(limit))
+    except TivizError as err:
+        st.error(state.describe_error(err))
 
 
 def _upload_widget() -> None:

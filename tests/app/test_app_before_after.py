@@ -100,3 +100,22 @@ def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_p
     at.selectbox(key="ba_base").set_value("tiny").run()
     assert not at.exception, [e.value for e in at.exception]
     assert block_tips(at, "Chosen", "tidpo") != before  # the app's own model (seed 0) as before
+
+
+def test_a_trl_output_folder_is_a_run(new_app, app_env):
+    """A TRL / transformers run (weights only in checkpoint-N, no tiviz final/ or status) is listed and compared."""
+    from tiviz.models import save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    run = app_env / "trl-dpo"
+    save_model(tiny_model(seed=1), run / "checkpoint-1", tokenizer=tiny_tokenizer())
+    save_model(tiny_model(seed=2), run / "checkpoint-2", tokenizer=tiny_tokenizer())
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="ba_run").value == "trl-dpo"
+    from app import state
+
+    assert state.run_weights("trl-dpo") == run.resolve() / "checkpoint-2"  # the latest checkpoint
+    tips = block_tips(at, "Chosen", "implicit_reward")
+    assert any(float(re.search(r"score (\S+)", t).group(1)) != 0 for t in tips)  # seed 2 against the base

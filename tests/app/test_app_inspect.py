@@ -100,3 +100,28 @@ def test_other_samples(new_app, dataset):
     pair = load_pairs(f"sample_data/{name}.jsonl")[0]
     assert at.selectbox(key="pair").value == pair.id
     assert token_blocks(at)[("chosen", "tidpo")] == pair.response_text("chosen")
+
+
+def test_word_toggle_diff_view_and_hidden_template(new_app):
+    import re
+
+    at = new_app()
+    pair = load_pairs("sample_data/train.jsonl")[0]
+    diff = [b for b in html_bodies(at) if "<div class=\"tiviz-diff\"" in b]
+    assert len(diff) == 1 and "diff-same" in diff[0] and "diff-differ" in diff[0]
+
+    def spans(body):
+        return re.findall(r'<span class="tok[^"]*" style="[^"]*" data-tip="[^"]*">', body)
+
+    chosen_tokens = next(b for b in html_bodies(at) if "Chosen response" in b)
+    n_tokens = len(spans(chosen_tokens))
+    at.toggle(key="inspect_words").set_value(True).run()
+    assert not at.exception
+    assert token_blocks(at)[("chosen", "tidpo")] == pair.chosen  # same text, fewer cells
+    n_words = len(spans(next(b for b in html_bodies(at) if "Chosen response" in b)))
+    assert n_words < n_tokens
+    assert 'class="tok tok-special"' in next(b for b in html_bodies(at) if "Chosen response" in b)  # EOS shown
+    at.toggle(key="inspect_hide_template").set_value(True).run()
+    assert not at.exception
+    body = next(b for b in html_bodies(at) if "Chosen response" in b)
+    assert 'class="tok tok-special"' not in body and token_blocks(at)[("chosen", "tidpo")] == pair.chosen

@@ -115,6 +115,29 @@ def test_inspect_page_renders_shaded_tokens(server, browser):
     page.close()
 
 
+def test_diff_view_aligns_the_two_responses(server, browser):
+    """The Inspect page's diff view: shared stretches dimmed, differing ones outlined, shading kept; the
+    screenshot goes to artifacts/browser/diff.png."""
+    pair = load_pairs(ROOT / "sample_data" / "train.jsonl")[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(server)
+    page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
+    diff = page.locator(".tiviz-diff[data-method='tidpo']")
+    diff.wait_for(timeout=120_000)
+    chosen = diff.locator(".diff-seg:not(.diff-labels) .diff-chosen .tok:not(.tok-special)").all_text_contents()
+    rejected = diff.locator(".diff-seg:not(.diff-labels) .diff-rejected .tok:not(.tok-special)").all_text_contents()
+    assert "".join(chosen) == pair.chosen and "".join(rejected) == pair.rejected  # each side whole, in order
+    same = diff.locator(".diff-same").first
+    differ = diff.locator(".diff-differ").first
+    assert float(same.evaluate("e => getComputedStyle(e).opacity")) < 1  # dimmed
+    assert differ.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"  # outlined
+    assert diff.locator(".tok").first.evaluate("e => getComputedStyle(e).backgroundColor").startswith("rgb")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    diff.scroll_into_view_if_needed()
+    diff.screenshot(path=str(ARTIFACTS / "diff.png"))
+    page.close()
+
+
 def test_hostile_upload_renders_as_text(server, browser, tmp_path):
     row = {"id": "xss", "prompt": "<script>alert('p')</script>", "chosen": "<img src=x onerror=alert('c')>",
            "rejected": "<b onmouseover=alert('r')>bold</b>"}

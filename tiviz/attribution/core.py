@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tiviz.aggregate import apply_aggregate, check_level
 from tiviz.attribution.attention import attention_scores
 from tiviz.attribution.cache import AttributionCache, default_folder, side_major
 from tiviz.attribution.gradient import (
@@ -71,6 +72,7 @@ def attribute(
     model_id: str | None = None,
     data_info: dict[str, Any] | None = None,
     cache: bool | str | Path = False,
+    aggregate: str = "token",
     **settings: Any,
 ) -> pd.DataFrame:
     """Attribute every pair with every method; returns the tidy table (see `tiviz.table.COLUMNS`).
@@ -91,9 +93,11 @@ def attribute(
         data_info: provenance of the data (file, sha256) recorded in the table.
         cache: True (the tiviz cache folder) or a folder: reuse (pair, method) results computed before with the
             same weights, texts and settings, and store the new ones (see `tiviz.attribution.cache`).
+        aggregate: "token" (default) or "word": subword tokens merged into words (`tiviz.aggregate`).
     """
     cfg = AttributionConfig.from_dict({**(config.to_dict() if config else {}), **settings})
     names = resolve_methods(methods)
+    check_level(aggregate)
     if isinstance(model, Scorer):
         scorer, model = model, None
     provenance_model = model.provenance() if isinstance(model, LoadedModel) else {}
@@ -156,7 +160,7 @@ def attribute(
     if store:
         df.attrs[PROVENANCE_KEY]["cache"] = {"folder": str(store.folder), "reused": store.hits,
                                              "computed": store.misses}
-    return df
+    return apply_aggregate(df, aggregate)
 
 
 def check_methods(scorer: Scorer, names: Sequence[str], cfg: AttributionConfig) -> None:

@@ -27,7 +27,10 @@ from tiviz.config import AttributionConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attribute", help="attribute preference pairs, write a tidy table",
                        description="Attribute every pair (both sides) with each method; write Parquet/CSV/JSON.")
-    p.add_argument("--pairs", required=True, help="preference pairs: .jsonl, .json, .csv or .parquet")
+    p.add_argument("--pairs", required=True,
+                   help="preference pairs: .jsonl, .json, .csv or .parquet, a datasets save_to_disk folder, or a "
+                   "hub dataset id owner/name[:config] (streamed)")
+    p.add_argument("--split", default=None, help="split of a DatasetDict folder or hub dataset (hub default: train)")
     p.add_argument("--methods", default="gradient,integrated_gradients,attention,tidpo",
                    help="comma-separated method ids, or 'all' (see `tiviz methods`)")
     p.add_argument("--model", default="smollm2-135m-instruct",
@@ -42,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
     p.add_argument("--limit", type=int, default=None, help="attribute only the first N pairs")
+    p.add_argument("--aggregate", choices=("token", "word"), default="token",
+                   help="one row per token (default) or per word: subword pieces merged, scores summed, weights "
+                   "renormalised (tiviz.aggregate)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad rows in the pairs file: stop (raise) or skip them with a warning")
     p.add_argument("--shard-dir", default=None, metavar="DIR",
@@ -64,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tiviz.attribution import attribute, resolve_methods
-    from tiviz.data import file_sha256, load_pairs
+    from tiviz.data import load_pairs
     from tiviz.errors import ConfigError
+    from tiviz.hf_data import is_hf_source
     from tiviz.table import PROVENANCE_KEY, write_table
 
     # Every option is checked before the data, the model or any attribution is touched.
@@ -77,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("resume", True, "--resume only together with --shard-dir DIR")
     if args.shard_dir and args.shard_size < 1:
         raise ConfigError("shard_size", args.shard_size, "an integer >= 1")
-    pairs = load_pairs(args.pairs, on_error=args.on_error)
+    if args.split and not is_hf_source(args.pairs):
+        raise ConfigError("split", args.split, "--split only with a datasets folder or a hub dataset id")
+    pairs = load_pairs(args.pairs, on_error=args.on_error, split=args.split, limit=args.limit)
     if args.limit is not None:
         pairs = pairs[: args.limit]
     if args.shard_dir:
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     df = attribute(scorer, pairs, methods, config=cfg, progress=progress, cache=cache_arg(args),
-                   data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)})
+                   data_info=_data_info(args, len(pairs)), aggregate=args.aggregate)
     bar.close()
     out = write_table(df, args.out)
     elapsed = time.perf_counter() - t0
@@ -106,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list[str], pairs: list[Any]) -> int:
     from tqdm import tqdm
 
+    from tiviz.aggregate import apply_aggregate
     from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
-    from tiviz.data import file_sha256
     from tiviz.errors import TableError
     from tiviz.table import write_table
 
@@ -130,14 +139,14 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
     run = attribute_to_dir(
         scorer, pairs, methods, args.shard_dir, shard_size=args.shard_size, rank=rank, world_size=world_size,
         config=cfg, progress=progress, model_id=scorer.model_id,
-        data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
+        data_info=_data_info(args, len(pairs)),
     )
     bar.close()
     print(f"process {rank}/{world_size}: computed {len(run.computed)} shard(s), skipped {len(run.skipped)} "
           f"finished earlier, of {run.n_shards} in {args.shard_dir}")
     barrier()  # every shard is on disk before rank 0 merges
     if rank == 0:
-        df = merge_shards(args.shard_dir)
+        df = apply_aggregate(merge_shards(args.shard_dir), args.aggregate)
         out = write_table(df, args.out)
         elapsed = time.perf_counter() - t0
         print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
@@ -161,6 +170,16 @@ def _scorer_config(args: argparse.Namespace, scorer: Any) -> AttributionConfig:
     if "target" not in overrides:
         overrides["target"] = "logprob" if scorer.kind == "likelihood" else "reward"
     return AttributionConfig(**overrides)
+
+
+def _data_info(args: argparse.Namespace, n_pairs: int) -> dict[str, Any]:
+    """Provenance of --pairs: a file's path and SHA-256, or what a `datasets` source was (tiviz.hf_data)."""
+    from tiviz.data import file_sha256
+    from tiviz.hf_data import describe, is_hf_source
+
+    if is_hf_source(args.pairs):
+        return {**describe(args.pairs, args.split), "n_pairs": n_pairs}
+    return {"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": n_pairs}
 
 
 def _processes(device: str | None) -> tuple[int, int, Callable[[], None], str | None]:

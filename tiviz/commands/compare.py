@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,8 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="With --before and --after: per-token weight and implicit-reward changes, weight "
                        "distribution changes (entropy, top-10 %% share, KS test), preference accuracy and mean "
                        "margin. With --before alone: Spearman and Kendall agreement between its methods.")
-    p.add_argument("--before", required=True, help="tidy table (e.g. attributions of the reference model)")
-    p.add_argument("--after", default=None, help="tidy table of the same pairs (e.g. after TI-DPO training)")
+    p.add_argument("--before", required=True, help="tidy table (e.g. attributions of the reference model), or a "
+                   "run folder written with tiviz.integrations.trl.AttributionCallback (its first step), a "
+                   "checkpoint-N folder of one, or a model folder (attributed with --pairs)")
+    p.add_argument("--after", default=None, help="tidy table of the same pairs (e.g. after TI-DPO training), or a "
+                   "folder as for --before (a run folder: its last step)")
+    p.add_argument("--pairs", default=None, help="pairs to attribute a model folder with (TRL checkpoint, merged "
+                   "LoRA) given as --before/--after")
     p.add_argument("--methods", default=None, help="comma-separated methods to compare (default: all shared)")
     p.add_argument("--out", default=None, help="folder for tokens.parquet, distributions.csv, margins.csv, "
                    "summary.json (agreement.csv with one table); with --html also compare.html")
@@ -23,10 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tiviz.compare import agreement_summary, compare_tables, method_agreement
-    from tiviz.table import read_table
-
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    before = read_table(args.before)
+    before = _table(args.before, "first", args.pairs, methods)
     if args.after is None:
         per = method_agreement(before, methods)
         summary = agreement_summary(per)
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             summary.to_csv(out / "agreement.csv", index=False)
             print(f"wrote {out / 'agreement.csv'}, {out / 'agreement_per_sequence.csv'}")
         return 0
-    after = read_table(args.after)
+    after = _table(args.after, "last", args.pairs, methods)
     cmp = compare_tables(before, after, methods)
     print(cmp.summary_text())
     if args.out:
@@ -50,3 +54,14 @@ def run(args: argparse.Namespace) -> int:
             paths.append(write_report(before, Path(args.out) / "compare.html", after=after, methods=methods))
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _table(path: str, at: str, pairs: str | None, methods: list[str] | None) -> Any:
+    """A table file as it is; a run, checkpoint or model folder through `tiviz.integrations.trl.run_table`."""
+    if Path(path).is_dir():
+        from tiviz.integrations.trl import run_table
+
+        return run_table(path, "first" if at == "first" else "last", pairs=pairs, methods=methods)
+    from tiviz.table import read_table
+
+    return read_table(path)

@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=None, help="comma-separated methods to keep (default: all)")
     p.add_argument("--max-pairs", type=int, default=20, help="pairs whose text the report shows (default: 20)")
     p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--aggregate", choices=("token", "word"), default="token",
+                   help="report the table per token (default) or per word (subword pieces merged)")
+    p.add_argument("--figures", default=None, metavar="DIR", help="instead of the HTML, write every figure of the "
+                   "report as an image into DIR (needs kaleido and a Chrome/Chromium)")
+    p.add_argument("--figure-format", choices=("png", "svg"), default="png", help="image format for --figures")
     p.add_argument("--labels", default="before,after", help="names of --table and --after (default: before,after)")
     p.set_defaults(func=run)
 
@@ -40,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in ("html", "parquet", "csv", "json"):
         raise ConfigError("format", fmt, "html, parquet, csv, json (or an --out with one of those suffixes)")
     table = read_table(args.table)
+    if args.aggregate == "word":
+        from tiviz.aggregate import aggregate_words
+
+        table = aggregate_words(table)
     if fmt != "html":
         if args.after or args.scores:
             raise ConfigError("format", fmt, "html when --after or --scores is given (exports hold one table)")
@@ -47,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     after = read_table(args.after) if args.after else None
+    if after is not None and args.aggregate == "word":
+        after = aggregate_words(after)
     scores = None
     if args.scores:
         from tiviz.evaluation import read_scores
@@ -55,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     labels = tuple(x.strip() for x in args.labels.split(","))
     if len(labels) != 2 or not all(labels):
         raise ConfigError("labels", args.labels, "two names separated by a comma")
+    if args.figures:
+        from tiviz.report import export_figures
+
+        paths = export_figures(table, args.figures, args.figure_format, after=after, pairs=args.pairs_filter,
+                               methods=args.methods, scores=scores, labels=(labels[0], labels[1]))
+        print(f"wrote {len(paths)} figures to {args.figures} ({args.figure_format})")
+        return 0
     path = write_report(table, out, after=after, pairs=args.pairs_filter, methods=args.methods, scores=scores,
                         title=args.title, max_pairs=args.max_pairs, labels=(labels[0], labels[1]))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

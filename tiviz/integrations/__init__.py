@@ -1,0 +1,1 @@
+"""Bridges from other training libraries into tiviz (`tiviz.integrations.trl`: TRL and transformers Trainers)."""
