@@ -34,6 +34,7 @@ from tiviz.attribution.gradient import (
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
 from tiviz.attribution.methods import METHODS, resolve_methods
+from tiviz.attribution.occlusion import occlusion_for_target, scorer_occlusion
 from tiviz.attribution.targets import check_scorer_target, target_positions, target_value_at, through_scorer
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
@@ -248,6 +249,20 @@ def _token_score(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, 
     return terms, terms.sum(-1, dtype=torch.float64), None
 
 
+def _occlusion(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Leave-one-out of the target: the scorer's own score for `reward` / `margin` (through both models, or a
+    reward model's head), else the policy's likelihood target."""
+    scorer, cfg = ctx.scorer, ctx.cfg
+    if through_scorer(scorer, cfg.target):
+        s, v = scorer_occlusion(scorer, ctx.batch, removal=cfg.occlusion_removal)
+        if cfg.target == "margin":
+            s, v = s * ctx.sign[:, None], v * ctx.sign
+        return s, v, None
+    s, v = occlusion_for_target(scorer.model, scorer.tokenizer, ctx.batch, cfg.target, ctx.sign,
+                                removal=cfg.occlusion_removal)
+    return s, v, None
+
+
 # One scoring function per method id (`tiviz.attribution.methods.METHODS`); `implicit_reward` is `token_score`
 # with a reference, under its old id.
 METHOD_FNS: dict[str, MethodFn] = {
@@ -256,6 +271,7 @@ METHOD_FNS: dict[str, MethodFn] = {
     "tidpo": _tidpo,
     "integrated_gradients": _integrated_gradients,
     "attention": _attention,
+    "occlusion": _occlusion,
     "token_score": _token_score,
     "implicit_reward": _token_score,
 }
@@ -388,6 +404,6 @@ def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[st
                   ref_model: Any | None = None) -> dict[str, torch.Tensor]:
     """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
     `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
-    its token weights from any method (docs/METHOD.md, weight sources)."""
+    its token weights from any method (docs/TRAINING.md, token-weight sources)."""
     scorer = make_scorer(model, reference=ref_model, beta=config.beta, tokenizer=tokenizer)
     return {m: s for m, (s, _, _) in _score_batch(scorer, batch, list(methods), config).items()}
