@@ -24,7 +24,8 @@ def response(df):
 
 @pytest.mark.parametrize("target", ["reward", "margin"])
 def test_policy_equal_to_reference_gives_zero_reward_attributions(tok, pairs, target):
-    same = attribute(tiny_model(seed=0), pairs[:2], GRADIENT_METHODS, tokenizer=tok, ref_model=tiny_model(seed=0),
+    same = attribute(tiny_model(seed=0), pairs[:2], [*GRADIENT_METHODS, "occlusion"], tokenizer=tok,
+                     ref_model=tiny_model(seed=0),
                      target=target, n_steps=4, ig_tolerance=0)
     lp = attribute(tiny_model(seed=0), pairs[:2], ["gradient"], tokenizer=tok, target="logprob")
     assert lp["score"].abs().max() > 1.0  # the same model's log-likelihood does have a gradient

@@ -14,7 +14,7 @@ from tiviz.data import PreferencePair
 from tiviz.errors import TivizError
 
 PAGE = 1000  # pairs listed at once by the pair picker (more are reached by search or page)
-METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "token_score",
+METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "occlusion", "token_score",
                 "implicit_reward")
 METHOD_LABELS = {"tidpo": "tidpo (TI-DPO's training weights)",
                  "token_score": "token_score (each token's own term of the score)"}
