@@ -174,3 +174,15 @@ def test_policy_and_reference_must_share_embeddings(tok, pairs):
     scorer = make_scorer(tiny_model(seed=0), reference=tiny_model(seed=0, hidden_size=16), tokenizer=tok)
     with pytest.raises(ModelError, match="cannot share input embeddings"):
         score_pairs(scorer, pairs[:1])
+
+
+def test_occlusion_explains_the_scorer(tok, pairs):
+    same = attribute(tiny_model(seed=0), pairs[:1], ["occlusion"], tokenizer=tok, ref_model=tiny_model(seed=0),
+                     target="reward")
+    assert same["score"].abs().max() < 1e-5
+    rm = tiny_reward_model(seed=0)
+    df = attribute(rm, pairs[:1], ["occlusion"], tokenizer=tok, target="reward")
+    want = score_pairs(make_scorer(rm, tokenizer=tok), pairs[:1], max_length=512).iloc[0]
+    got = df.groupby("side")["target_value"].first()
+    assert got["chosen"] == pytest.approx(want["chosen"], abs=1e-5)
+    assert response(df)["score"].abs().max() > 0

@@ -254,9 +254,9 @@ def _token_score(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, 
 
 
 def _occlusion(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Leave-one-out of the configured target; through the scorer (both models, or a reward head) for the targets
-    that read it (`through_scorer`), else of the policy's own logits as the gradient methods."""
-    cfg, scorer = ctx.cfg, ctx.scorer
+    """Leave-one-out of the target: the scorer's own score for `reward` / `margin` (through both models, or a
+    reward model's head), else the policy's likelihood target."""
+    scorer, cfg = ctx.scorer, ctx.cfg
     if through_scorer(scorer, cfg.target):
         s, v = scorer_occlusion(scorer, ctx.batch, removal=cfg.occlusion_removal)
         if cfg.target == "margin":

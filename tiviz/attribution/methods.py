@@ -32,12 +32,12 @@ METHODS: dict[str, MethodInfo] = {
                    False, False, False),
         MethodInfo("tidpo", "TI-DPO hybrid weights: L1 gradient of the max final logit, normalised, mixed "
                    "with a Gaussian prior, mean 1 over the span", False, False, False),
-        MethodInfo("occlusion", "leave-one-out: the target minus the target with the token's embedding replaced "
-                   "by the removal embedding (the same removal as `tiviz evaluate`)", True, False, True),
         MethodInfo("token_score", "each response token's own exact term of the scorer's score: log pi(y_t|x,y_<t)"
                    " (likelihood), beta * (log pi - log pi_ref) (implicit reward), or the change of a reward "
                    "model's score as the token is appended; sums to the score (reward model: minus the "
                    "prompt-only score)", True, False, False, "itself"),
+        MethodInfo("occlusion", "leave-one-out: the target minus the target with the token's embedding replaced "
+                   "by the removal embedding (the same removal as `tiviz evaluate`)", True, False, True),
         MethodInfo("implicit_reward", "token_score with a reference (its old id): per-token implicit reward "
                    "beta * (log pi - log pi_ref); all zeros while the policy equals its reference", True, True,
                    False, "itself"),
