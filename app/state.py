@@ -29,8 +29,9 @@ import pandas as pd
 import streamlit as st
 
 from tiviz.config import result_settings
-from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
+from tiviz.data import SUFFIXES, PreferencePair, load_pairs
 from tiviz.errors import ConfigError, DataError
+from tiviz.files import file_sha256
 from tiviz.models import DEFAULT_MODEL, LoadedModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

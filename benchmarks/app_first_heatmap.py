@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tiviz.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -34,12 +35,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 HEATMAP = ".tiviz-tokens[data-method='tidpo'] .tok"
 SECTION = "## App: time to first heatmap"
 TARGET_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: str, tmp: Path, omp_wait_policy: str | None = None) -> tuple[subprocess.Popen, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tiviz.data import load_pairs
+from tiviz.testing import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -29,12 +29,6 @@ if not CHROMIUM.exists():
     pytest.skip("browser test needs Debian's chromium at /usr/bin/chromium (scripts/setup-browser.sh installs "
                 "it)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

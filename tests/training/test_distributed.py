@@ -11,7 +11,6 @@ the sequential KL term, and leaves out anchor sampling, whose draws depend on ho
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file
 
 from tiviz.data import load_pairs
 from tiviz.models import load_model
+from tiviz.testing import free_port
 from tiviz.training.metrics import read_metrics
 from tiviz.training.trainer import TIDPOTrainer
 
@@ -28,12 +28,6 @@ from .conftest import fast_config, fast_flags, subprocess_env
 
 KEYS = ("loss", "loss/dpo_w", "rewards/margins", "rewards/accuracies", "kl/chosen", "kl/rejected", "logps/chosen",
         "weights/entropy", "grad_norm", "learning_rate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
+from tiviz.commands import (
+    add_cache_flags,
+    add_dataclass_flags,
+    add_model_flags,
+    cache_arg,
+    dataclass_overrides,
+    load_models,
+)
 from tiviz.config import AttributionConfig
 
 
@@ -27,9 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="hub id, local folder, .gguf file, or the offline default smollm2-135m-instruct")
     p.add_argument("--ref-model", default=None, help="reference model (for implicit_reward and the reward target)")
     p.add_argument("--out", default="results.parquet", help="output table (.parquet, .csv or .json)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    add_model_flags(p)
     p.add_argument("--limit", type=int, default=None, help="attribute only the first N pairs")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="bad rows in the pairs file: stop (raise) or skip them with a warning")
@@ -48,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tiviz.attribution import attribute, resolve_methods
-    from tiviz.data import file_sha256, load_pairs
-    from tiviz.models import load_model
+    from tiviz.data import load_pairs
+    from tiviz.files import file_sha256
     from tiviz.table import PROVENANCE_KEY, write_table
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
@@ -64,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_dir:
         return _run_sharded(args, cfg, methods, pairs)
     t0 = time.perf_counter()
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    ref = None
-    if args.ref_model:
-        ref = load_model(args.ref_model, device=args.device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code).model
+    loaded, ref = load_models(args, args.device)
     bar = tqdm(total=len(pairs), unit="pair", desc="attributing")
 
     def progress(done: int, total: int) -> None:
@@ -91,9 +92,8 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
     from tqdm import tqdm
 
     from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
-    from tiviz.data import file_sha256
     from tiviz.errors import TableError
-    from tiviz.models import load_model
+    from tiviz.files import file_sha256
     from tiviz.table import write_table
 
     rank, world_size, barrier, device = _processes(args.device)
@@ -104,11 +104,7 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
                              "to continue that run, or choose an empty --shard-dir")
     barrier()  # every process has looked at the folder before any writes to it
     t0 = time.perf_counter()
-    loaded = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    ref = None
-    if args.ref_model:
-        ref = load_model(args.ref_model, device=device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code).model
+    loaded, ref = load_models(args, device)
     bar = tqdm(total=None, unit="pair", desc=f"attributing (process {rank})", disable=rank != 0)
 
     def progress(done: int, total: int) -> None:

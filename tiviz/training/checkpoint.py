@@ -16,7 +16,6 @@ match it, is not a checkpoint: `latest_good_checkpoint` skips it, with a warning
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from tiviz.errors import TivizError
+from tiviz.files import file_sha256, fsync
 
 log = logging.getLogger(__name__)
 
@@ -67,35 +67,6 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_name(step: int) -> str:
     return f"step-{step:07d}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _pause_hook(run_dir: Path, step: int, filename: str) -> None:
@@ -162,7 +133,7 @@ def write_rng_state(tmp: Path, rank: int) -> None:
     """Every process writes its own RNG states into the temporary folder."""
     path = tmp / f"rng_state_{rank}.pt"
     torch.save(get_rng_state(), path)
-    _fsync_file(path)
+    fsync(path, required=True)
 
 
 def finish_checkpoint(
@@ -194,14 +165,14 @@ def finish_checkpoint(
     run_dir = Path(run_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-    _fsync_file(tmp / MODEL_FILE)
+    fsync(tmp / MODEL_FILE, required=True)
     _pause_hook(run_dir, step, MODEL_FILE)
     for name, obj in (("optimizer.pt", optimizer_state), ("scheduler.pt", scheduler_state)):
         torch.save(obj, tmp / name)
-        _fsync_file(tmp / name)
+        fsync(tmp / name, required=True)
         _pause_hook(run_dir, step, name)
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    _fsync_file(tmp / "trainer_state.json")
+    fsync(tmp / "trainer_state.json", required=True)
     files = {
         p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in sorted(tmp.iterdir())
@@ -209,14 +180,14 @@ def finish_checkpoint(
     }
     manifest = {"format": FORMAT, "step": step, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / MANIFEST)
+    fsync(tmp / MANIFEST, required=True)
     _pause_hook(run_dir, step, MANIFEST)
-    _fsync_dir(tmp)
+    fsync(tmp)
     final = checkpoint_root(run_dir) / step_name(step)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync(final.parent)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -807,7 +807,8 @@ def train(
         should_stop: optional flag function (True stops cleanly after saving).
         extra_run_info: provenance to record in `RUN/config.json`.
     """
-    from tiviz.data import file_sha256, load_pairs
+    from tiviz.data import load_pairs
+    from tiviz.files import file_sha256
     from tiviz.models import load_model
 
     data_info: dict[str, Any] = {}
