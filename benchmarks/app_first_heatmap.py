@@ -168,7 +168,7 @@ def main() -> int:
         print("again with OMP_WAIT_POLICY=ACTIVE (spinning OpenMP threads, torch's default):")
         active = measure(args.model, pairs, "ACTIVE")[1]
 
-    alone = attribution_only(args.model, pairs[1:]) if args.model != "tiny" else None
+    alone = attribution_only(args.model, pairs[1:])
     load_after = os.getloadavg()[0]
     med = statistics.median(times)
     command = f".venv/bin/python benchmarks/app_first_heatmap.py --pairs {args.pairs}"

@@ -32,11 +32,11 @@ playwright = pytest.importorskip("playwright.sync_api", reason="browser test nee
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_model_folder):
     """The app served by `streamlit run` on a free port, with the tiny model; stopped after the module."""
     port = free_port()
     tmp = tmp_path_factory.mktemp("browser")
-    env = {**os.environ, "TIVIZ_APP_MODEL": "tiny", "TIVIZ_RUNS_DIR": str(tmp / "runs"),
+    env = {**os.environ, "TIVIZ_APP_MODEL": str(tiny_model_folder), "TIVIZ_RUNS_DIR": str(tmp / "runs"),
            "TIVIZ_CACHE_DIR": str(tmp / "cache"), "TMPDIR": str(tmp)}
     log = open(tmp / "streamlit.log", "wb")
     proc = subprocess.Popen(

@@ -61,6 +61,6 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, ti
             assert two[step][key] == pytest.approx(one[step][key], rel=1e-4, abs=1e-5), (step, key)
     ours = {n: p.detach() for n, p in single.policy.named_parameters()}
     theirs = load_file(str(run / "final" / "model.safetensors"))
-    for name, value in theirs.items():
-        if name in ours:
-            torch.testing.assert_close(value, ours[name], rtol=1e-4, atol=1e-5)
+    assert sorted(theirs) == sorted(ours)  # the same parameters by name, so every one is compared below
+    for name, value in ours.items():
+        torch.testing.assert_close(theirs[name], value, rtol=1e-4, atol=1e-5)
