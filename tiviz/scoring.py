@@ -333,7 +333,7 @@ def score_pairs(scorer: Scorer, pairs: Sequence[PreferencePair] | Sequence[Any] 
     with evaluation_mode(scorer.model, scorer.reference), torch.no_grad():
         for group in length_batches([max(len(c), len(r)) for c, r in encoded], batch_size, TOKENS_PER_FORWARD):
             seqs = [s for i in group for s in encoded[i]]  # chosen, rejected, chosen, ...
-            batch = collate(seqs, pad).to(scorer.device)  # type: ignore[arg-type]
+            batch = collate(seqs, pad).to(scorer.device)
             out[group] = scorer.sequence_scores(batch).double().cpu().numpy().reshape(-1, 2)
             done += len(group)
             if progress is not None:

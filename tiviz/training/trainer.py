@@ -449,7 +449,7 @@ class TIDPOTrainer:
         rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
         for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
             group["lr"] = rate
-        sched._last_lr = rates  # type: ignore[attr-defined]
+        sched._last_lr = rates
         log.info("learning-rate schedule re-planned from %s to %d total steps", old_total, self.total_steps)
 
     def _elapsed(self) -> float:
