@@ -5,7 +5,7 @@ A scorer gives each (prompt, response) a scalar and each pair a margin, chosen m
 - `likelihood`: a causal LM alone, `log pi(y | x)` summed over the response tokens (a likelihood, not a
   preference);
 - `implicit_reward`: a policy with a reference, DPO's implicit reward `beta * (log pi(y|x) - log pi_ref(y|x))`,
-  the sum of `beta * lr_t` over the response tokens (the per-token log-ratio of TI-DPO section 2). The reference
+  the sum of `beta * lr_t` over the response tokens (the per-token log-ratio of docs/METHOD.md §3). The reference
   is a separate model or the policy with its PEFT adapter disabled. Both models read the same input embeddings,
   so the score is differentiable through both;
 - `reward_model`: a sequence-classification model with one output, read at the last valid token, the prompt
