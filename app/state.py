@@ -30,8 +30,9 @@ import pandas as pd
 import streamlit as st
 
 from tiviz.config import result_settings
-from tiviz.data import SUFFIXES, PreferencePair, ReadBudget, file_sha256, load_pairs
+from tiviz.data import SUFFIXES, PreferencePair, ReadBudget, load_pairs
 from tiviz.errors import ConfigError, DataError
+from tiviz.files import file_sha256
 from tiviz.models import DEFAULT_MODEL, LoadedModel
 from tiviz.safe_html import escape_markdown as md_literal  # the one Markdown escape
 from tiviz.table import PROVENANCE_KEY
@@ -46,7 +47,6 @@ SAMPLES: dict[str, str] = {
 UPLOAD = "upload a file…"
 HF_DATASET = "Hugging Face dataset…"
 UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
-TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
 RESULT_CACHE_ENTRIES = 256
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the whole name (fullmatch: "x\n" is refused)
 
@@ -319,11 +319,7 @@ def load_reward_folder(key: str, folder: str) -> LoadedModel:
 
 @st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=2)
 def load_base_model(model_id: str) -> LoadedModel:
-    """The base model by id, loaded once per process; `tiny` is the tiny random test model."""
-    if model_id == TINY:
-        from tiviz.testing import tiny_model, tiny_tokenizer
-
-        return LoadedModel(tiny_model(seed=0), tiny_tokenizer(), model_id=TINY, source="tiviz.testing")
+    """The base model by id (anything `tiviz.models.load_model` takes), loaded once per process."""
     from tiviz.models import load_model
 
     return load_model(model_id)
@@ -371,20 +367,6 @@ def compute_lock() -> threading.RLock:
     """One lock around model computations: sessions share the cached models, and attribution toggles their
     parameters' requires_grad, so two sessions must not run through a model at the same time."""
     return threading.RLock()
-
-
-def training_model_arg() -> str:
-    """What to pass as `--model` to the trainer: the base model id, or for `tiny` a saved copy of it."""
-    mid = base_model_id()
-    if mid != TINY:
-        return mid
-    from tiviz.models import cache_dir, save_model
-
-    folder = cache_dir() / "app" / "tiny-base"
-    if not (folder / "model.safetensors").exists():
-        with compute_lock():
-            save_model(load_base_model(TINY), folder)
-    return str(folder)
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tiviz.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -34,12 +35,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 HEATMAP = ".tiviz-tokens[data-method='tidpo'] .tok"
 SECTION = "## App: time to first heatmap"
 TARGET_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: str, tmp: Path, omp_wait_policy: str | None = None) -> tuple[subprocess.Popen, str]:
@@ -168,7 +163,7 @@ def main() -> int:
         print("again with OMP_WAIT_POLICY=ACTIVE (spinning OpenMP threads, torch's default):")
         active = measure(args.model, pairs, "ACTIVE")[1]
 
-    alone = attribution_only(args.model, pairs[1:]) if args.model != "tiny" else None
+    alone = attribution_only(args.model, pairs[1:])
     load_after = os.getloadavg()[0]
     med = statistics.median(times)
     command = f".venv/bin/python benchmarks/app_first_heatmap.py --pairs {args.pairs}"

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tiviz.errors import TableError
+from tiviz.files import json_default
 from tiviz.scoring import margin_summary
 from tiviz.table import PROVENANCE_KEY
 
@@ -355,7 +356,7 @@ class Comparison:
         self.margins.to_csv(paths[2], index=False)
         summary = {"preference": self.preference, "distributions": self.distributions.to_dict("records"),
                    "before": self.before_provenance, "after": self.after_provenance}
-        paths[3].write_text(json.dumps(summary, indent=2, default=_json_default, allow_nan=True), encoding="utf-8")
+        paths[3].write_text(json.dumps(summary, indent=2, default=json_default, allow_nan=True), encoding="utf-8")
         return paths
 
 
@@ -385,7 +386,4 @@ def _relative_weights(table: pd.DataFrame, method: str) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
+

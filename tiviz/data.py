@@ -4,7 +4,6 @@ a DataFrame or a list of dicts, validated row by row with errors that name the f
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -207,15 +206,6 @@ def load_pairs(
             source=label, fix="provide at least one row with prompt, chosen and rejected",
         )
     return pairs
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, recorded in provenance so results name the exact data they came from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_pairs(pairs: Iterable[PreferencePair], path: str | Path) -> None:

@@ -5,7 +5,7 @@ A scorer gives each (prompt, response) a scalar and each pair a margin, chosen m
 - `likelihood`: a causal LM alone, `log pi(y | x)` summed over the response tokens (a likelihood, not a
   preference);
 - `implicit_reward`: a policy with a reference, DPO's implicit reward `beta * (log pi(y|x) - log pi_ref(y|x))`,
-  the sum of `beta * lr_t` over the response tokens (the per-token log-ratio of TI-DPO section 2). The reference
+  the sum of `beta * lr_t` over the response tokens (the per-token log-ratio of docs/METHOD.md §3). The reference
   is a separate model or the policy with its PEFT adapter disabled. Both models read the same input embeddings,
   so the score is differentiable through both;
 - `reward_model`: a sequence-classification model with one output, read at the last valid token, the prompt
@@ -353,7 +353,7 @@ def score_pairs(scorer: Scorer, pairs: Sequence[PreferencePair] | Sequence[Any] 
     with evaluation_mode(scorer.model, scorer.reference), torch.no_grad():
         for group in length_batches([max(len(c), len(r)) for c, r in encoded], batch_size, TOKENS_PER_FORWARD):
             seqs = [s for i in group for s in encoded[i]]  # chosen, rejected, chosen, ...
-            batch = collate(seqs, pad).to(scorer.device)  # type: ignore[arg-type]
+            batch = collate(seqs, pad).to(scorer.device)
             out[group] = scorer.sequence_scores(batch).double().cpu().numpy().reshape(-1, 2)
             done += len(group)
             if progress is not None:

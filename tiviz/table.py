@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tiviz.errors import TableError
+from tiviz.files import fsync
 
 PROVENANCE_KEY = "tiviz"
 CSV_HEADER = "# tiviz-provenance: "
@@ -101,7 +102,7 @@ def write_table(df: pd.DataFrame, path: str | Path, fmt: str | None = None) -> P
             meta.pop(b"pandas", None)  # attrs would also land there; keep one copy
             meta[PROVENANCE_KEY.encode()] = prov.encode()
             pq.write_table(table.replace_schema_metadata(meta), tmp)
-            _fsync(tmp)
+            fsync(tmp)
         elif fmt == "csv":
             with open(tmp, "w", encoding="utf-8", newline="") as fh:
                 fh.write(CSV_HEADER + prov + "\n")
@@ -120,22 +121,8 @@ def write_table(df: pd.DataFrame, path: str | Path, fmt: str | None = None) -> P
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
+    fsync(path.parent)
     return path
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's, after a rename) data to disk; a no-op where the OS cannot."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""A tiny, deterministic causal LM and tokenizer built in code, for tests, app tests and benchmarks.
+"""A tiny, deterministic causal LM and tokenizer built in code, for tests, app tests and benchmarks (and a free
+local port for the ones that start servers or process groups).
 
 Nothing here touches the network or the disk: the tokenizer is byte-level BPE with no merges (one token per
 byte, so offsets are exact and every string is encodable), the model a two-layer Llama with random weights.
@@ -143,3 +144,12 @@ def save_tiny_reward_model(folder: Any, seed: int = 0) -> Any:
     tiny_reward_model(seed).save_pretrained(path, safe_serialization=True)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a test server or a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -165,7 +165,7 @@ def require_pair() -> tuple[state.Dataset, PreferencePair]:
     """The dataset and pair chosen in the sidebar; stops the page with a hint when there is none."""
     dataset = require_dataset()
     pid = st.session_state.get("pair")
-    if not dataset.has(pid):
+    if not isinstance(pid, str) or not dataset.has(pid):
         pid = dataset.pairs[0].id
     return dataset, dataset.pair(pid)
 

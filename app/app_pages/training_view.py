@@ -72,7 +72,7 @@ def start_training(dataset: state.Dataset, preset: str, max_steps: int, override
         run_name = name or time.strftime("run-%Y%m%d-%H%M%S")
         out = state.inside(state.runs_dir(), run_name, what="run name")
         state.runs_dir().mkdir(parents=True, exist_ok=True)
-        req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.training_model_arg(), preset=preset,
+        req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.base_model_id(), preset=preset,
                                 out=out, max_steps=max_steps, overrides=overrides)
         job_manager().start(state.session_id(), req)
         st.success(f"Started {state.md_literal(run_name)}.")

@@ -48,3 +48,20 @@ def token_blocks(at) -> dict[tuple[str, str], str]:
         inner = re.findall(r'<span class="(tok[^"]*)" style="[^"]*" data-tip="[^"]*">([^<]*)</span>', body)
         out[(m.group(1).lower(), m.group(2))] = "".join(html.unescape(t) for c, t in inner if "special" not in c)
     return out
+
+
+def hand_logps(model, tokenizer, pair) -> tuple[float, float]:
+    """log pi(chosen | x) and log pi(rejected | x) computed by hand, one unpadded sequence at a time: the sum over
+    the response tokens of the log-softmax, at the position before each token, of that token's logit. Independent
+    of tiviz's scoring code (only the tokenisation is tiviz's)."""
+    import torch
+
+    from tiviz.tokenization import encode_pair
+
+    out = []
+    for seq in encode_pair(tokenizer, pair):
+        ids = torch.tensor([list(seq.input_ids)])  # (1, L)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # (L, V)
+        out.append(sum(float(logp[t - 1, ids[0, t]]) for t in range(seq.response_start, ids.shape[1])))
+    return out[0], out[1]

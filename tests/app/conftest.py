@@ -1,5 +1,6 @@
-"""App tests: the Streamlit app driven by AppTest with the tiny model injected (TIVIZ_APP_MODEL=tiny), a fresh
-runs folder and cache folder per test, and a finished fake run to compare against."""
+"""App tests: the Streamlit app driven by AppTest on the tiny model (saved once to a folder that TIVIZ_APP_MODEL
+names, as a user names any model), a fresh runs folder and cache folder per test, and a finished fake run to
+compare against."""
 
 from __future__ import annotations
 
@@ -18,12 +19,23 @@ if str(ROOT) not in sys.path:  # `import app` must find the repository's app pac
 ENTRY = ROOT / "app" / "streamlit_app.py"
 
 
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory) -> Path:
+    """`tiviz.testing.tiny_model(seed=0)` and its tokenizer saved as a model folder: the app's model in tests."""
+    from tiviz.models import LoadedModel, save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-app-model")
+    save_model(LoadedModel(tiny_model(seed=0), tiny_tokenizer(), "tiny"), folder)
+    return folder
+
+
 @pytest.fixture()
-def app_env(tmp_path, monkeypatch):
-    """Environment of one app: tiny model, its own runs folder and cache folder. Returns the runs folder."""
+def app_env(tmp_path, monkeypatch, tiny_model_folder):
+    """Environment of one app: the tiny model, its own runs folder and cache folder. Returns the runs folder."""
     runs = tmp_path / "runs"
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # session folders land in the test's tmp_path
-    monkeypatch.setenv("TIVIZ_APP_MODEL", "tiny")
+    monkeypatch.setenv("TIVIZ_APP_MODEL", str(tiny_model_folder))
     monkeypatch.setenv("TIVIZ_RUNS_DIR", str(runs))
     monkeypatch.setenv("TIVIZ_CACHE_DIR", str(tmp_path / "cache"))
     return runs

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from apptools import html_bodies, plotly_array, plotly_specs
+from apptools import hand_logps, html_bodies, plotly_array, plotly_specs
 
 from tiviz.data import load_pairs
 
@@ -56,25 +56,29 @@ def test_dataset_accuracy_change(new_app, finished_run):
     at.number_input(key="ba_n").set_value(3).run()
     at.button(key="ba_run_dataset").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    from app import state
+    from tiviz.testing import tiny_model, tiny_tokenizer
 
-    ds = state.load_sample("sample: train")
-    ids = [p.id for p in ds.subset(3)]
-    base = state.preference_scores(state.base_choice(), ds, ids)
-    run = state.preference_scores(state.run_choice("trained"), ds, ids)
-    acc_b = (base.logp_margin > 0).mean()
-    acc_a = (run.logp_margin > 0).mean()
+    # by hand, independently of tiviz's scoring: the run is seed 1, the base (and pi_ref) seed 0, beta 0.1
+    tok, base_model, run_model = tiny_tokenizer(), tiny_model(seed=0), tiny_model(seed=1)
+    base, run = [], []
+    for pair in load_pairs("sample_data/train.jsonl")[:3]:
+        (bc, br), (rc, rr) = hand_logps(base_model, tok, pair), hand_logps(run_model, tok, pair)
+        base.append(bc - br)
+        run.append((rc - rr, 0.1 * ((rc - bc) - (rr - br))))
+    acc_b = np.mean([m > 0 for m in base])
+    acc_a = np.mean([m > 0 for m, _ in run])
     shown = {m.label: m for m in at.metric}
     acc = shown["Preference accuracy (log-prob margin > 0)"]
     assert acc.value == f"{acc_a:.0%}" and acc.proto.delta == f"{acc_a - acc_b:+.0%} vs before"
-    assert shown["Reward accuracy (implicit reward margin > 0)"].value == f"{(run.reward_margin > 0).mean():.0%}"
+    reward_acc = np.mean([r > 0 for _, r in run])
+    assert shown["Reward accuracy (implicit reward margin > 0)"].value == f"{reward_acc:.0%}"
     scatter = next(s for s in plotly_specs(at) if any(t.get("name") == "pairs" for t in s["data"]))
     pts = next(t for t in scatter["data"] if t.get("name") == "pairs")
-    assert plotly_array(pts["x"]).tolist() == pytest.approx(base.logp_margin.tolist())
-    assert plotly_array(pts["y"]).tolist() == pytest.approx(run.logp_margin.tolist())
+    assert plotly_array(pts["x"]).tolist() == pytest.approx(base, rel=1e-4, abs=1e-4)
+    assert plotly_array(pts["y"]).tolist() == pytest.approx([m for m, _ in run], rel=1e-4, abs=1e-4)
 
 
-def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_path):
+def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_path, tiny_model_folder):
     """A run trained from another model than the app's: before and pi_ref are that model, read from config.json."""
     import json
 
@@ -89,7 +93,7 @@ def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_p
     at.switch_page("app_pages/before_after.py").run()
     assert not at.exception, [e.value for e in at.exception]
     picker = at.selectbox(key="ba_base")
-    assert picker.value == str(other) and picker.options[1] == "tiny"
+    assert picker.value == str(other) and picker.options[1] == str(tiny_model_folder)
     pair = load_pairs("sample_data/train.jsonl")[:1]
     want = attribute(tiny_model(seed=1), pair, ["implicit_reward"], tokenizer=tiny_tokenizer(),
                      ref_model=tiny_model(seed=2))
@@ -97,7 +101,7 @@ def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_p
     got = np.array([float(re.search(r"score (\S+)", t).group(1)) for t in block_tips(at, "Chosen", "implicit_reward")])
     np.testing.assert_allclose(got, want, rtol=6e-3, atol=1e-7)
     before = block_tips(at, "Chosen", "tidpo")  # the first tidpo block is "before": seed 2's weights
-    at.selectbox(key="ba_base").set_value("tiny").run()
+    at.selectbox(key="ba_base").set_value(str(tiny_model_folder)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert block_tips(at, "Chosen", "tidpo") != before  # the app's own model (seed 0) as before
 

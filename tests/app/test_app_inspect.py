@@ -6,23 +6,9 @@ from __future__ import annotations
 import html
 
 import pytest
-from apptools import html_bodies, token_blocks
+from apptools import hand_logps, html_bodies, token_blocks
 
 from tiviz.data import load_pairs
-
-
-def logps(model, tok, pair):
-    import torch
-
-    from tiviz.attribution.targets import sequence_logp
-    from tiviz.tokenization import collate, encode_pair
-
-    batch = collate(list(encode_pair(tok, pair, max_length=512)), tok.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits
-    lp = sequence_logp(logits, batch.input_ids, batch.response_mask)
-    return float(lp[0]), float(lp[1])
 
 
 def test_first_run_shows_the_first_sample_pair(new_app):
@@ -55,7 +41,7 @@ def test_preference_scores_match_the_model(new_app, tok):
 
     at = new_app()
     pair = load_pairs("sample_data/train.jsonl")[0]
-    lc, lr = logps(tiny_model(seed=0), tok, pair)
+    lc, lr = hand_logps(tiny_model(seed=0), tok, pair)
     shown = {m.label: m.value for m in at.metric}
     assert shown["log π(chosen | x)"] == f"{lc:.2f}"
     assert shown["log π(rejected | x)"] == f"{lr:.2f}"
@@ -70,8 +56,8 @@ def test_run_as_model_gives_implicit_rewards(new_app, finished_run, tok):
     at.selectbox(key="inspect_model").set_value("trained").run()
     assert not at.exception
     pair = load_pairs("sample_data/train.jsonl")[0]
-    pc, pr = logps(tiny_model(seed=1), tok, pair)
-    bc, br = logps(tiny_model(seed=0), tok, pair)
+    pc, pr = hand_logps(tiny_model(seed=1), tok, pair)
+    bc, br = hand_logps(tiny_model(seed=0), tok, pair)
     shown = {m.label: m.value for m in at.metric}
     assert shown["implicit reward (chosen)"] == f"{0.1 * (pc - bc):+.3f}"
     assert shown["reward margin"] == f"{0.1 * ((pc - bc) - (pr - br)):+.3f}"

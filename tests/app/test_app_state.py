@@ -10,7 +10,7 @@ from app import state
 from tiviz.errors import DataError
 
 
-def test_ig_settings_only_key_integrated_gradients(app_env):
+def test_ig_settings_only_key_integrated_gradients(app_env, tiny_model_folder):
     ds = state.load_sample("sample: test")
     base = state.base_choice()
     assert state.attribution_key(base, ds, ["a"], "tidpo", {"n_steps": 8}) == \
@@ -19,7 +19,7 @@ def test_ig_settings_only_key_integrated_gradients(app_env):
         state.attribution_key(base, ds, ["a"], "integrated_gradients", {"n_steps": 16})
     assert state.attribution_key(base, ds, ["a"], "tidpo", {"lam": 0.5}) != \
         state.attribution_key(base, ds, ["a"], "tidpo", None)
-    assert base.key == "base:tiny" and not base.has_reference
+    assert base.key == f"base:{tiny_model_folder}" and not base.has_reference
 
 
 def test_result_cache_is_lru():

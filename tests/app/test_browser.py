@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tiviz.data import load_pairs
+from tiviz.testing import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -32,12 +32,6 @@ if not CHROMIUM.exists():
 playwright = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser_tmp(tmp_path_factory) -> Path:
     """The served app's temporary folder: its runs folder is `runs/` in it."""
@@ -45,11 +39,11 @@ def browser_tmp(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(browser_tmp):
+def server(browser_tmp, tiny_model_folder):
     """The app served by `streamlit run` on a free port, with the tiny model; stopped after the module."""
     port = free_port()
     tmp = browser_tmp
-    env = {**os.environ, "TIVIZ_APP_MODEL": "tiny", "TIVIZ_RUNS_DIR": str(tmp / "runs"),
+    env = {**os.environ, "TIVIZ_APP_MODEL": str(tiny_model_folder), "TIVIZ_RUNS_DIR": str(tmp / "runs"),
            "TIVIZ_CACHE_DIR": str(tmp / "cache"), "TMPDIR": str(tmp)}
     log = open(tmp / "streamlit.log", "wb")
     proc = subprocess.Popen(

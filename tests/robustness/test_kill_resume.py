@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from tiviz.attribution.shards import KILL_ENV, attribute_to_dir, merge_shards
 from tiviz.data import load_pairs, save_pairs
 from tiviz.models import load_model
 from tiviz.table import PROVENANCE_KEY, read_table
-from tiviz.testing import tiny_pairs
+from tiviz.testing import free_port, tiny_pairs
 
 METHODS = "gradient,tidpo"
 SETTINGS = ["--batch-size", "2", "--shard-size", "2"]
@@ -74,12 +73,6 @@ def test_sigkill_mid_shard_then_resume_loses_nothing(tiny_folder, pairs_file, re
     merged = read_table(out)
     pd.testing.assert_frame_equal(merged, reference, check_exact=True)
     assert merged.attrs[PROVENANCE_KEY]["shards"]["count"] == 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None,

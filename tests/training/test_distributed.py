@@ -11,7 +11,6 @@ the sequential KL term, and leaves out anchor sampling, whose draws depend on ho
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file
 
 from tiviz.data import load_pairs
 from tiviz.models import load_model
+from tiviz.testing import free_port
 from tiviz.training.metrics import read_metrics
 from tiviz.training.trainer import TIDPOTrainer
 
@@ -28,12 +28,6 @@ from .conftest import fast_config, fast_flags, subprocess_env
 
 KEYS = ("loss", "loss/dpo_w", "rewards/margins", "rewards/accuracies", "kl/chosen", "kl/rejected", "logps/chosen",
         "weights/entropy", "grad_norm", "learning_rate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -67,6 +61,6 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, ti
             assert two[step][key] == pytest.approx(one[step][key], rel=1e-4, abs=1e-5), (step, key)
     ours = {n: p.detach() for n, p in single.policy.named_parameters()}
     theirs = load_file(str(run / "final" / "model.safetensors"))
-    for name, value in theirs.items():
-        if name in ours:
-            torch.testing.assert_close(value, ours[name], rtol=1e-4, atol=1e-5)
+    assert sorted(theirs) == sorted(ours)  # the same parameters by name, so every one is compared below
+    for name, value in ours.items():
+        torch.testing.assert_close(theirs[name], value, rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ from tiviz.training.checkpoint import latest_good_checkpoint, list_checkpoints
 from tiviz.training.data import StepOrder
 from tiviz.training.metrics import read_metrics
 from tiviz.training.trainer import TIDPOTrainer, read_status, request_stop
-from tiviz.training.weights import random_weights, tidpo_weights, uniform_weights
+from tiviz.training.weights import random_weights, tidpo_weights
 
 from .conftest import fast_config, fast_flags, loaded_tiny, subprocess_env, tiviz_cmd
 
@@ -304,11 +304,21 @@ def test_tidpo_weights_use_eval_mode_when_the_policy_has_dropout(tmp_path):
     torch.testing.assert_close(tr.last_weights["weights"][:, : first.shape[1]], first, rtol=1e-4, atol=1e-5)
 
 
-def test_uniform_weights_are_ones_on_the_response_only(tmp_path):
-    batch = _step0_pair_batch(make_trainer(tmp_path, "dpo"))
-    w = uniform_weights(batch.response_mask)
-    assert torch.equal(w, batch.response_mask.float())
-    assert w.sum() == batch.response_mask.sum() > 0
+def test_dpo_preset_steps_with_weight_one_on_the_response_and_zero_elsewhere(tmp_path):
+    """The weights the trainer used in a `dpo` step, against the batch's own response tokens (prompt and padding
+    0); with them, and no KL or triplet term, the step's loss is DPO's on its logged reward margin (one pair)."""
+    tr = make_trainer(tmp_path, "dpo", batch_size=1)
+    batch = _step0_pair_batch(tr)
+    mets = tr.step(0)
+    L = batch.input_ids.shape[1]
+    assert torch.equal(tr.last_weights["input_ids"][:, :L], batch.input_ids)
+    got = tr.last_weights["weights"]
+    want = torch.zeros_like(got)
+    want[:, :L] = batch.response_mask.float()
+    assert torch.equal(got, want)
+    assert 0 < int(batch.response_mask.sum()) < batch.attention_mask.sum()  # the prompt is there, weighted 0
+    margin = torch.tensor(mets["rewards/margins"])
+    assert mets["loss"] == pytest.approx(float(-torch.nn.functional.logsigmoid(margin)), rel=1e-5)
 
 
 def test_random_weights_are_seeded_positive_and_mean_one(tmp_path):

@@ -71,3 +71,25 @@ def cache_arg(args: argparse.Namespace) -> bool | Path:
             raise ConfigError("cache_max_mb", args.cache_max_mb, "a size in megabytes >= 0")
         os.environ[LIMIT_ENV] = str(args.cache_max_mb)  # read by the cache this process opens
     return Path(args.cache_dir) if args.cache_dir else True
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype` and `--trust-remote-code`: how the models of an inference command load
+    (`load_models`)."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+
+
+def load_models(args: argparse.Namespace, device: str | None) -> tuple[Any, Any | None]:
+    """The `--model` (a `LoadedModel`) and, with `--ref-model`, the reference's bare model, on `device` with the
+    flags of `add_model_flags`."""
+    from tiviz.models import load_model
+
+    loaded = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    ref = None
+    if args.ref_model:
+        ref = load_model(args.ref_model, device=device, dtype=args.dtype,
+                         trust_remote_code=args.trust_remote_code).model
+    return loaded, ref

@@ -16,6 +16,7 @@ from typing import Any
 from tiviz.commands import (
     add_cache_flags,
     add_dataclass_flags,
+    add_model_flags,
     cache_arg,
     check_limit,
     check_table_out,
@@ -41,9 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="reference pi_ref: the scorer becomes the implicit reward beta * (log pi - log pi_ref) "
                    "(for token_score / implicit_reward and the reward target); see --beta")
     p.add_argument("--out", default="results.parquet", help="output table (.parquet, .csv or .json)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    add_model_flags(p)
     p.add_argument("--limit", type=int, default=None, help="attribute only the first N pairs")
     p.add_argument("--aggregate", choices=("token", "word"), default="token",
                    help="one row per token (default) or per word: subword pieces merged, scores summed, weights "
@@ -174,7 +173,7 @@ def _scorer_config(args: argparse.Namespace, scorer: Any) -> AttributionConfig:
 
 def _data_info(args: argparse.Namespace, n_pairs: int) -> dict[str, Any]:
     """Provenance of --pairs: a file's path and SHA-256, or what a `datasets` source was (tiviz.hf_data)."""
-    from tiviz.data import file_sha256
+    from tiviz.files import file_sha256
     from tiviz.hf_data import describe, is_hf_source
 
     if is_hf_source(args.pairs):

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, check_limit, dataclass_overrides
+from tiviz.commands import (
+    add_cache_flags,
+    add_dataclass_flags,
+    add_model_flags,
+    cache_arg,
+    check_limit,
+    dataclass_overrides,
+    load_models,
+)
 from tiviz.config import AttributionConfig
 
 
@@ -42,9 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "random (seed --seed) and report each method's Spearman with its own randomised attributions "
                    "(Adebayo et al. 2018; docs/EVALUATION.md)")
     p.add_argument("--perturb-batch-size", type=int, default=32, help="perturbed sequences per forward")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+    add_model_flags(p)
     add_cache_flags(p)
     add_dataclass_flags(p, AttributionConfig)
     p.set_defaults(func=run)
@@ -53,9 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from tiviz.data import file_sha256, load_pairs
+    from tiviz.data import load_pairs
     from tiviz.evaluation import evaluate
-    from tiviz.models import load_model
+    from tiviz.files import file_sha256
     from tiviz.table import read_table
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
@@ -68,11 +74,7 @@ def run(args: argparse.Namespace) -> int:
         table = full[full["pair_id"].isin({p.id for p in pairs})].reset_index(drop=True)
         table.attrs = dict(full.attrs)
     t0 = time.perf_counter()
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    ref = None
-    if args.ref_model:
-        ref = load_model(args.ref_model, device=args.device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code).model
+    loaded, ref = load_models(args, args.device)
     t_load = time.perf_counter() - t0
     # Each bar starts when its stage starts (not at its first report), so its rate and ETA are right.
     bars: dict[str, tqdm] = {}

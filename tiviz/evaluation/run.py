@@ -35,6 +35,7 @@ from tiviz.evaluation.plausibility import (
     hit_at_k,
     rationale_labels,
 )
+from tiviz.files import json_default
 from tiviz.table import PROVENANCE_KEY
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Evaluation:
         self.scores.to_csv(paths[0], index=False)
         doc = {"scores": _records(self.scores), "agreement": _records(self.agreement),
                "curves": _records(self.curves), "settings": self.settings}
-        paths[1].write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
+        paths[1].write_text(json.dumps(doc, indent=2, default=json_default), encoding="utf-8")
         self.per_sequence.to_csv(paths[2], index=False)
         if self.table is not None:
             paths.append(write_table(self.table, folder / "table.parquet"))
@@ -433,7 +434,4 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(df.to_json(orient="records")) if len(df) else []
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
+

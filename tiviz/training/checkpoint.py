@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tiviz.data import file_sha256  # noqa: F401  (checkpoint users check files with it)
+from tiviz.files import file_sha256  # noqa: F401  (checkpoint users check files with it)
 from tiviz.training.runfolder import (
     CHECKPOINTS,
     MANIFEST,

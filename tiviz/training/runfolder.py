@@ -152,16 +152,16 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def fsync_path(path: Path) -> None:
-    """Flush a file's (or, after a rename, a folder's) data to disk (`tiviz.table`'s one helper)."""
-    from tiviz.table import _fsync
+    """Flush a file's (or, after a rename, a folder's) data to disk (`tiviz.files.fsync`)."""
+    from tiviz.files import fsync
 
-    _fsync(path)
+    fsync(path)
 
 
 def write_manifest(folder: Path, fmt: str, **extra: Any) -> dict[str, Any]:
     """Fsync every file under `folder` and write `MANIFEST` with the sha256 and size of each (relative paths,
     subfolders included), last; return it. Checkpoints and `RUN/final/` are both published this way."""
-    from tiviz.data import file_sha256
+    from tiviz.files import file_sha256
 
     files = {}
     for p in sorted(folder.rglob("*")):
@@ -183,7 +183,7 @@ def check_files(folder: Path, files: Any, *, error: type[TivizError], checksums:
     Raises:
         error: naming the folder, the file and what is wrong.
     """
-    from tiviz.data import file_sha256
+    from tiviz.files import file_sha256
 
     if not isinstance(files, dict) or not files:
         raise error(f"{folder}: {MANIFEST} field 'files' must be a non-empty object of file name -> "

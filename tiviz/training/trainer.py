@@ -449,7 +449,7 @@ class TIDPOTrainer:
         rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
         for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
             group["lr"] = rate
-        sched._last_lr = rates  # type: ignore[attr-defined]
+        sched._last_lr = rates
         log.info("learning-rate schedule re-planned from %s to %d total steps", old_total, self.total_steps)
 
     def _elapsed(self) -> float:
@@ -672,7 +672,8 @@ def train(
         should_stop: optional flag function (True stops cleanly after saving).
         extra_run_info: provenance to record in `RUN/config.json`.
     """
-    from tiviz.data import file_sha256, load_pairs
+    from tiviz.data import load_pairs
+    from tiviz.files import file_sha256
     from tiviz.models import load_model
 
     data_info: dict[str, Any] = {}
