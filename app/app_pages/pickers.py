@@ -207,14 +207,22 @@ def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) ->
 
 @st.cache_resource(show_spinner=False)
 def job_manager() -> jobs.JobManager:
-    """The process-wide training jobs (one may run at a time)."""
-    return jobs.JobManager(max_running=1)
+    """The process-wide training jobs (one may run at a time; jobs a previous app left running are adopted)."""
+    return jobs.JobManager(max_running=1, runs_dir=state.runs_dir())
 
 
 def finished_runs() -> list[jobs.RunInfo]:
     """Finished runs in the runs folder, minus other sessions' jobs in progress."""
-    hidden = job_manager().running_elsewhere(state.session_id())
-    return [r for r in jobs.list_runs(state.runs_dir(), exclude=hidden) if r.finished]
+    return [r for r in _visible_runs() if r.finished]
+
+
+def damaged_runs() -> list[jobs.RunInfo]:
+    """Runs whose final model fails its checks (`RunInfo.problem` says why)."""
+    return [r for r in _visible_runs() if r.state == "damaged"]
+
+
+def _visible_runs() -> list[jobs.RunInfo]:
+    return jobs.list_runs(state.runs_dir(), exclude=job_manager().running_elsewhere(state.session_id()))
 
 
 def run_picker(key: str) -> state.ModelChoice:
