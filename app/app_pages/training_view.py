@@ -124,7 +124,8 @@ def _job_view(job: jobs.Job) -> None:
         st.caption("This job was started before the app restarted; any session may cancel it.")
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     frac = min(step / total, 1.0) if total else 0.0
-    st.progress(frac, text=state.md_literal(f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}"))
+    st.progress(frac, text=f"{state.md_literal(job.name)}: {state.md_literal(status.get('state', '?'))}, "
+                            f"step {step} of {total or '?'}")
     metrics = job.metrics()
     if len(metrics):
         cols = st.columns(3)
@@ -141,7 +142,8 @@ def _job_view(job: jobs.Job) -> None:
     elif status.get("state") == "finished" and status.get("returncode") == 0:
         st.success(f"{state.md_literal(job.name)} finished: compare it on the Before / after page.")
     else:
-        st.warning(state.md_literal(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')})."))
+        st.warning(f"{state.md_literal(job.name)} ended ({state.md_literal(status.get('state'))}, exit code "
+                   f"{state.md_literal(status.get('returncode'))}).")
     with st.expander("Trainer log"):
         st.code(job.log_tail() or "(empty)", language=None)
 
