@@ -3,13 +3,12 @@ stays responsive; progress is read back from the run folder (`status.json`, `met
 
 One job runs at a time on the machine: a second start is refused with a message. Each job belongs to the
 session that started it; other sessions neither see it nor can cancel it. Cancelling asks the trainer to stop
-(`tiviz.training.trainer.request_stop`, which lets it save what it has) and terminates the process if it does
+(`tiviz.training.runfolder.request_stop`, which lets it save what it has) and terminates the process if it does
 not stop in time, or at once when the trainer offers no such request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -23,13 +22,12 @@ from typing import Any
 import pandas as pd
 
 from tiviz.errors import TivizError
+from tiviz.training.runfolder import STATUS_FILE, read_status, request_stop, stop_requested
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 LOG_FILE = "app-train.log"
 RUNNING_STATES = ("starting", "running", "stopping")
-STOP_FILE = "STOP"  # what tiviz.training.trainer.request_stop writes
 STOP_GRACE_S = 60.0  # after a stop request, how long the trainer gets (one step) before it is terminated
 MAIN_METRICS = ("loss", "rewards/margins", "rewards/accuracies")
 
@@ -118,15 +116,14 @@ class Job:
 
     def request_cancel(self) -> str:
         """Ask the trainer to stop; returns how: "request" (it stops after its current step, saving a
-        checkpoint), "terminate" (no trainer loop yet, or no stop request in this build), or "finished"."""
+        checkpoint), "terminate" (no trainer loop yet), or "finished"."""
         if not self.alive():
             return "finished"
         self.stop_requested = self.stop_requested or time.time()
-        stop = _request_stop()
-        if stop is None or not (self.run_dir / STATUS_FILE).exists():
+        if not (self.run_dir / STATUS_FILE).exists():
             self.process.terminate()  # still loading: nothing to save yet
             return "terminate"
-        stop(self.run_dir)
+        request_stop(self.run_dir)
         return "request"
 
     def enforce_stop(self, grace_s: float = STOP_GRACE_S) -> None:
@@ -139,20 +136,8 @@ class Job:
             self.process.kill()
         elif waited > grace_s:
             self.process.terminate()
-        else:
-            stop = _request_stop()
-            if stop is not None and not (self.run_dir / STOP_FILE).exists() and \
-                    read_status(self.run_dir).get("state") == "running":
-                stop(self.run_dir)
-
-
-def _request_stop() -> Any:
-    """`tiviz.training.trainer.request_stop`, or None in a build without it."""
-    try:
-        from tiviz.training.trainer import request_stop
-    except ImportError:
-        return None
-    return request_stop
+        elif not stop_requested(self.run_dir) and read_status(self.run_dir).get("state") == "running":
+            request_stop(self.run_dir)
 
 
 class JobManager:
@@ -221,16 +206,6 @@ class JobManager:
 
 
 # ---------------------------------------------------------------------------------------------- run folders
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's status.json ({state, step, total_steps, pid, ...}); {} when absent or half-written."""
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:

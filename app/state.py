@@ -1,5 +1,5 @@
 """What the app knows and computes: the datasets, the models, cached attributions and scores, per-session
-folders, and the guards on uploads and paths. No widgets here (those are in `app_pages/components.py`).
+folders, and the guards on uploads and paths. No widgets here (those are in `app_pages/`).
 
 Models are cached once per process with `st.cache_resource`, keyed by model id (or run folder and its time
 stamp). Attribution tables are cached per (model, data, pair ids, method, settings) in one process-wide LRU
@@ -221,7 +221,7 @@ def base_choice(model_id: str | None = None) -> ModelChoice:
 
 def run_base_model(name: str) -> str:
     """The model a run started from (its `config.json`), or the app's model when the run does not say."""
-    from tiviz.training.trainer import read_run_config
+    from tiviz.training.runfolder import read_run_config
 
     try:
         recorded = read_run_config(inside(runs_dir(), name, what="run")).get("model")

@@ -4,27 +4,28 @@ overlaid and the change in preference accuracy and margins."""
 
 import streamlit as st
 
-from app.app_pages import components as ui
+from app.app_pages import compare_view, pair_view, pickers
 
 st.title("Before / after training")
-dataset, pair = ui.require_pair()
+dataset, pair = pickers.require_pair()
 top = st.columns(2)
 with top[1]:
-    run = ui.run_picker("ba_run")
+    run = pickers.run_picker("ba_run")
 with top[0]:
-    base = ui.base_picker("ba_base", run)
+    base = pickers.base_picker("ba_base", run)
 
 left, right = st.columns([2, 1])
 with left:
-    method = ui.method_picker("ba_method", reference=False)
+    method = pickers.method_picker("ba_method", reference=False)
 with right:
-    value = st.radio("Shade by", ["weight", "score"], key=ui.kept("ba_value"), horizontal=True)
+    value = st.radio("Shade by", ["weight", "score"], key=pickers.kept("ba_value"), horizontal=True)
 
 st.subheader(f"Pair {pair.id}")
-ui.show_prompt(pair)
-ui.show_before_after_pair(run, base, dataset, pair.id, method, value)
+pair_view.show_prompt(pair)
+compare_view.show_before_after_pair(run, base, dataset, pair.id, method, value)
 
 st.subheader("Across the dataset")
-n = st.columns(4)[0].number_input("Pairs", 1, len(dataset.pairs), min(10, len(dataset.pairs)), key=ui.kept("ba_n"),
+n = st.columns(4)[0].number_input("Pairs", 1, len(dataset.pairs), min(10, len(dataset.pairs)),
+                                  key=pickers.kept("ba_n"),
                                   help="The first N pairs of the dataset, attributed under both models")
-ui.show_before_after_dataset(run, base, dataset, [p.id for p in dataset.subset(n)], method)
+compare_view.show_before_after_dataset(run, base, dataset, [p.id for p in dataset.subset(n)], method)

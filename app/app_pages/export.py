@@ -3,17 +3,17 @@ self-contained HTML report."""
 
 import streamlit as st
 
-from app.app_pages import components as ui
+from app.app_pages import export_view, pickers
 
 st.title("Export")
-dataset, pair = ui.require_pair()
+dataset, pair = pickers.require_pair()
 
-what = st.radio("Selection", ["pair", "dataset"], key=ui.kept("export_what"), horizontal=True,
+what = st.radio("Selection", ["pair", "dataset"], key=pickers.kept("export_what"), horizontal=True,
                 format_func=lambda w: f"this pair ({pair.id})" if w == "pair" else "the dataset subset")
-selection = ui.export_selection(dataset, pair, what)
+selection = export_view.export_selection(dataset, pair, what)
 
 st.subheader("Table")
-ui.table_downloads(selection.table, stem=f"tiviz-{what}")
+export_view.table_downloads(selection.table, stem=f"tiviz-{what}")
 
 st.subheader("HTML report")
-ui.report_download(selection.table, dataset, selection.pair_ids, selection.methods, selection.settings)
+export_view.report_download(selection.table, dataset, selection.pair_ids, selection.methods, selection.settings)

@@ -3,27 +3,27 @@ the most important tokens."""
 
 import streamlit as st
 
-from app.app_pages import components as ui
+from app.app_pages import long_work, pair_view, pickers
 
 st.title("Inspect a pair")
 st.caption("Which tokens drive the model's preference? Hover a token for its score and rank.")
-dataset, pair = ui.require_pair()
+dataset, pair = pickers.require_pair()
 
 left, mid, right = st.columns([2, 2, 1])
 with left:
-    model = ui.model_picker("inspect_model")
+    model = pickers.model_picker("inspect_model")
 with mid:
-    method = ui.method_picker("inspect_method", reference=model.has_reference)
+    method = pickers.method_picker("inspect_method", reference=model.has_reference)
 with right:
-    value = st.radio("Shade by", ["score", "weight"], key=ui.kept("inspect_value"), horizontal=True,
-                     help=ui.VALUE_HELP["score"] + "; " + ui.VALUE_HELP["weight"])
+    value = st.radio("Shade by", ["score", "weight"], key=pickers.kept("inspect_value"), horizontal=True,
+                     help=pair_view.VALUE_HELP["score"] + "; " + pair_view.VALUE_HELP["weight"])
 
-table = ui.attribution(model, dataset, [pair.id], [method], label=f"Attributing {pair.id} with {method}")
-ui.show_prompt(pair)
-ui.show_pair(table, pair.id, method, value)
+table = long_work.attribution(model, dataset, [pair.id], [method], label=f"Attributing {pair.id} with {method}")
+pair_view.show_prompt(pair)
+pair_view.show_pair(table, pair.id, method, value)
 
 st.subheader("Preference scores")
-ui.show_scores(ui.scores(model, dataset, [pair.id]).iloc[0], reference=model.has_reference)
+pair_view.show_scores(long_work.scores(model, dataset, [pair.id]).iloc[0], reference=model.has_reference)
 
 st.subheader("Most important tokens")
-ui.show_top_k(table, key="inspect_top")
+pair_view.show_top_k(table, key="inspect_top")

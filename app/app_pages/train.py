@@ -3,18 +3,16 @@ loss / reward margin / accuracy charts, a Cancel button, and the finished runs t
 
 import streamlit as st
 
-from app.app_pages import components as ui
+from app.app_pages import pickers, training_view
 
 st.title("Train with TI-DPO")
-dataset = ui.require_dataset()
-if not ui.trainer_ready():
-    st.stop()
+dataset = pickers.require_dataset()
 
 st.subheader("New run")
-ui.train_form(dataset)
+training_view.train_form(dataset)
 
 st.subheader("This session's job")
-ui.job_panel()
+training_view.job_panel()
 
 st.subheader("Finished runs")
-ui.runs_table()
+training_view.runs_table()

@@ -46,9 +46,9 @@ def progress_text(at) -> str:
 @pytest.fixture()
 def jobs_cleanup():
     yield
-    from app.app_pages import components
+    from app.app_pages import pickers
 
-    components.job_manager().shutdown()
+    pickers.job_manager().shutdown()
 
 
 def test_bad_run_name_is_refused(new_app, app_env):

@@ -58,7 +58,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _resume_settings(args: argparse.Namespace) -> tuple[TIDPOConfig, str, str, dict[str, Any]]:
     from tiviz.data import file_sha256
     from tiviz.errors import DataError, TivizError
-    from tiviz.training.trainer import read_run_config
+    from tiviz.training.runfolder import read_run_config
 
     run_dir = Path(args.resume)
     if args.out is not None and Path(args.out).resolve() != run_dir.resolve():

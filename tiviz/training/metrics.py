@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tiviz.training.runfolder import METRICS_FILE
+
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 TRL_KEYS = (
     "loss",
     "rewards/chosen",

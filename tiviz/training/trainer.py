@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -59,7 +59,19 @@ from tiviz.training.losses import (
     weight_entropy,
     weighted_dpo_delta,
 )
-from tiviz.training.metrics import METRICS_FILE, MetricsWriter, truncate_after
+from tiviz.training.metrics import MetricsWriter, truncate_after
+from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop: the trainer's public API)
+    METRICS_FILE,
+    State,
+    clear_stop,
+    final_dir,
+    read_run_config,
+    read_status,
+    request_stop,
+    stop_requested,
+    write_run_config,
+    write_status,
+)
 from tiviz.training.weights import (
     random_weights,
     tidpo_weights,
@@ -69,11 +81,6 @@ from tiviz.training.weights import (
 
 log = logging.getLogger(__name__)
 
-State = Literal["running", "finished", "failed", "cancelled"]
-STATUS_FILE = "status.json"
-STOP_FILE = "STOP"
-RUN_CONFIG = "config.json"
-FINAL = "final"
 
 
 @dataclass
@@ -104,47 +111,6 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     main_process: bool = True  # False on the other ranks of a multi-process run
-
-
-# ---------------------------------------------------------------------------------------------- run folder
-
-
-def request_stop(run_dir: str | Path) -> Path:
-    """Ask a running trainer (in this or another process) to stop cleanly: it saves a checkpoint after the step
-    in progress, marks the run cancelled and returns. Returns the stop file written."""
-    path = Path(run_dir) / STOP_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"stop requested at {time.time():.0f}\n")
-    return path
-
-
-def write_status(run_dir: str | Path, state: State, step: int, total_steps: int, **extra: Any) -> None:
-    """Replace `RUN/status.json` atomically: state, step, total steps, pid, time, and extras (message...)."""
-    run_dir = Path(run_dir)
-    rec = {"state": state, "step": step, "total_steps": total_steps, "pid": os.getpid(),
-           "updated": time.time(), **extra}
-    tmp = run_dir / f".{STATUS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, run_dir / STATUS_FILE)
-
-
-def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's `status.json`, or None when there is none (yet)."""
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The run's `config.json` (TIDPOConfig under "tidpo", the model id, the data file and its sha256)."""
-    path = Path(run_dir) / RUN_CONFIG
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TivizError(f"{path}: not found; is {run_dir} a tiviz training run folder?") from None
-    except ValueError as err:
-        raise TivizError(f"{path}: not valid JSON ({err})") from None
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -561,7 +527,7 @@ class TIDPOTrainer:
         return dict(zip(keys, t.tolist(), strict=True))
 
     def _stop_requested(self) -> bool:
-        flag = self._stop_signal or (self.run_dir / STOP_FILE).exists()
+        flag = self._stop_signal or stop_requested(self.run_dir)
         if not flag and self.should_stop is not None:
             flag = bool(self.should_stop())
         if self.world > 1:
@@ -662,9 +628,7 @@ class TIDPOTrainer:
         from tiviz import __version__
 
         rec["tiviz_version"] = __version__
-        tmp = self.run_dir / f".{RUN_CONFIG}.tmp"
-        tmp.write_text(json.dumps(rec, indent=1, default=str))
-        os.replace(tmp, self.run_dir / RUN_CONFIG)
+        write_run_config(self.run_dir, rec)
 
     def save_final(self) -> Path:
         """Write `RUN/final/` (LoRA merged into the weights) readable by `tiviz.models.load_model` and
@@ -672,8 +636,8 @@ class TIDPOTrainer:
         policy = self.policy
         if self.use_lora:
             policy = policy.merge_and_unload()
-        final = self.run_dir / FINAL
-        tmp = self.run_dir / f".{FINAL}.tmp"
+        final = final_dir(self.run_dir)
+        tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         policy.eval()
@@ -725,7 +689,7 @@ class TIDPOTrainer:
                 ckpt.remove_partial(self.run_dir)
             torch.manual_seed(self.config.seed + self.rank)
         if self.is_main:
-            (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+            clear_stop(self.run_dir)
             self._write_run_config()
             write_status(self.run_dir, "running", start, self.total_steps)
         acc.wait_for_everyone()
@@ -755,7 +719,7 @@ class TIDPOTrainer:
                 if stop and step < self.total_steps:
                     self._report(step, "cancelled", metrics)
                     if self.is_main:
-                        (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+                        clear_stop(self.run_dir)
                         write_status(self.run_dir, "cancelled", step, self.total_steps,
                                      message=f"stopped on request; resume with --resume {self.run_dir}")
                     return TrainResult(self.run_dir, "cancelled", step, self.total_steps, None, metrics,

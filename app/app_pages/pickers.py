@@ -1,0 +1,269 @@
+"""What the user picks, shared by every page: the sidebar's dataset and pair, the model, the methods, the finished
+runs and a run's base model, and the selections one page hands to another (documented keys below). Every widget
+has an explicit key; dataset text reaches the page through widgets that show plain text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app import jobs, state
+from tiviz.data import PreferencePair
+from tiviz.errors import TivizError
+
+METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "implicit_reward")
+
+
+# ---------------------------------------------------------------------------------------------- kept widgets
+
+
+def kept(key: str) -> str:
+    """A widget key whose value survives visits to other pages (Streamlit drops the state of widgets a run
+    does not draw): restores the value saved by `save_kept` and returns the key, for `key=kept("...")`."""
+    names = st.session_state.setdefault("_kept_keys", set())
+    names.add(key)
+    if key not in st.session_state and f"_kept_{key}" in st.session_state:
+        st.session_state[key] = st.session_state[f"_kept_{key}"]
+    return key
+
+
+def save_kept() -> None:
+    """Copy the kept widgets' values aside, at the start of every run (before another page drops them)."""
+    for key in st.session_state.get("_kept_keys", ()):
+        if key in st.session_state:
+            st.session_state[f"_kept_{key}"] = st.session_state[key]
+
+
+# ---------------------------------------------------------------------------------------------- sidebar
+
+
+def sidebar() -> None:
+    """Dataset (a sample or an upload) and pair, shared by every page; the model in use below them."""
+    save_kept()
+    if "dataset" not in st.session_state:
+        _from_query_params()
+    with st.sidebar:
+        st.markdown("### Data")
+        options = [*state.SAMPLES, state.UPLOAD]
+        choice = st.selectbox("Dataset", options, key="dataset",
+                              help="The bundled sample pairs, or your own JSONL / JSON / CSV / Parquet file")
+        if choice == state.UPLOAD:
+            _upload_widget()
+        else:
+            st.session_state["_dataset"] = state.load_sample(choice)
+        dataset = current_dataset()
+        if dataset is not None:
+            ids = dataset.ids
+            if st.session_state.get("pair") not in ids:
+                st.session_state["pair"] = ids[0]
+            st.selectbox("Pair", ids, key="pair", format_func=lambda i: _pair_label(dataset.pair(i)),
+                         help=f"{len(ids)} pairs in {dataset.name}")
+        st.divider()
+        st.caption(f"Model: {state.base_model_id()}  \nRuns folder: {state.runs_dir().name}/")
+
+
+def _from_query_params() -> None:
+    """A new session may open on a given sample and pair: `?dataset=test&pair=fact-001` (links, benchmarks)."""
+    name = f"sample: {st.query_params.get('dataset', 'train')}"
+    if name in state.SAMPLES:
+        st.session_state["dataset"] = name
+        pair = st.query_params.get("pair")
+        if pair in state.load_sample(name).ids:
+            st.session_state["pair"] = pair
+
+
+def _upload_widget() -> None:
+    limit_mb = state.max_upload_bytes() / 2**20
+    up = st.file_uploader(f"Preference pairs (up to {limit_mb:.0f} MB)", type=state.UPLOAD_TYPES, key="upload",
+                          help="One pair per row with prompt, chosen, rejected (TRL's schema); optional id, "
+                               "rationale_chosen, rationale_rejected")
+    if up is None:
+        st.session_state.pop("_dataset", None)
+        st.session_state.pop("_upload_error", None)
+        st.info("Upload a file to inspect its pairs.")
+        return
+    marker = (up.file_id, up.name, up.size)
+    if st.session_state.get("_upload_marker") != marker:
+        st.session_state["_upload_marker"] = marker
+        handle_upload(up.name, up.getvalue())
+    if st.session_state.get("_upload_error"):
+        st.error(st.session_state["_upload_error"])
+
+
+def handle_upload(filename: str, data: bytes) -> None:
+    """Load an upload into this session (its dataset, or its readable error in session state)."""
+    try:
+        st.session_state["_dataset"] = state.load_upload(filename, data, state.session_dir())
+        st.session_state["_upload_error"] = None
+    except TivizError as err:
+        st.session_state.pop("_dataset", None)
+        st.session_state["_upload_error"] = state.describe_error(err)
+
+
+def _pair_label(p: PreferencePair) -> str:
+    prompt = " ".join(p.prompt_text().split())
+    cat = p.extra.get("category")
+    head = f"{p.id} [{cat}]" if isinstance(cat, str) else p.id
+    return f"{head} · {prompt[:48]}{'…' if len(prompt) > 48 else ''}"
+
+
+def current_dataset() -> state.Dataset | None:
+    return st.session_state.get("_dataset")
+
+
+def require_pair() -> tuple[state.Dataset, PreferencePair]:
+    """The dataset and pair chosen in the sidebar; stops the page with a hint when there is none."""
+    dataset = require_dataset()
+    pid = st.session_state.get("pair")
+    if pid not in dataset.ids:
+        pid = dataset.ids[0]
+    return dataset, dataset.pair(pid)
+
+
+def require_dataset() -> state.Dataset:
+    """The dataset chosen in the sidebar; stops the page with a hint when there is none."""
+    dataset = current_dataset()
+    if dataset is None:
+        st.info("Choose a dataset in the sidebar (or upload one) to start.")
+        st.stop()
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------- models, methods
+
+
+def model_picker(key: str, label: str = "Model") -> state.ModelChoice:
+    """The base model, or a finished run (then the base model is the reference for implicit rewards)."""
+    runs = [r.name for r in finished_runs()]
+    options = ["__base__", *runs]
+    kept(key)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = "__base__"
+    picked = st.selectbox(label, options, key=key,
+                          format_func=lambda o: state.base_choice().label if o == "__base__" else f"run: {o}",
+                          help="A finished training run is explained with the base model as its reference")
+    return state.base_choice() if picked == "__base__" else state.run_choice(picked)
+
+
+def _method_options(reference: bool) -> list[str]:
+    """The methods to offer, in display order; implicit_reward only when there is a reference model."""
+    from tiviz.attribution.methods import METHODS
+
+    return [m for m in METHOD_ORDER if m in METHODS and (reference or not METHODS[m].needs_reference)]
+
+
+def method_picker(key: str, *, reference: bool, default: str = "tidpo") -> str:
+    """One attribution method; implicit_reward only when there is a reference model."""
+    from tiviz.attribution.methods import METHODS
+
+    options = _method_options(reference)
+    kept(key)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+    return st.selectbox("Method", options, key=key, help=METHODS[st.session_state[key]].description)
+
+
+def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) -> list[str]:
+    """Several attribution methods, kept across pages."""
+    options = _method_options(reference)
+    kept(key)
+    if key not in st.session_state:
+        st.session_state[key] = [m for m in default if m in options]
+    else:
+        st.session_state[key] = [m for m in st.session_state[key] if m in options]
+    return list(st.multiselect("Methods", options, key=key))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@st.cache_resource(show_spinner=False)
+def job_manager() -> jobs.JobManager:
+    """The process-wide training jobs (one may run at a time)."""
+    return jobs.JobManager(max_running=1)
+
+
+def finished_runs() -> list[jobs.RunInfo]:
+    """Finished runs in the runs folder, minus other sessions' jobs in progress."""
+    hidden = job_manager().running_elsewhere(state.session_id())
+    return [r for r in jobs.list_runs(state.runs_dir(), exclude=hidden) if r.finished]
+
+
+def run_picker(key: str) -> state.ModelChoice:
+    """A finished run as the "after" model; stops the page with a hint when there is none."""
+    runs = [r.name for r in finished_runs()]
+    if not runs:
+        st.info("No finished training run yet: start one on the Train page (a few steps are enough to see "
+                "changes), then come back.")
+        st.stop()
+    kept(key)
+    wanted = st.session_state.pop(AFTER_RUN, None)
+    if wanted in runs:
+        st.session_state[key] = wanted
+    if st.session_state.get(key) not in runs:
+        st.session_state[key] = runs[0]
+    name = st.selectbox("After: training run", runs, key=key,
+                        help="Its base model is the reference π_ref of the implicit rewards")
+    return state.run_choice(name)
+
+
+def base_picker(key: str, run: state.ModelChoice) -> state.ModelChoice:
+    """The "before" model: the run's own base model (from its config.json) by default, or the app's model."""
+    options = list(dict.fromkeys([run.base, state.base_model_id()]))
+    kept(key)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+    mid = st.selectbox("Before: base model", options, key=key,
+                       format_func=lambda o: f"{o} (the run's starting model)" if o == run.base else o,
+                       help="The weights before training. The run's starting model is also the reference π_ref "
+                            "of the per-token implicit rewards, whichever model is picked here.")
+    return state.base_choice(mid)
+
+
+# ---------------------------------------------------------------------------------------------- shared selections
+# What one page hands to another goes through these documented session keys, never through another page's
+# widget keys.
+
+AFTER_RUN = "shared_after_run"  # str: the run picked on the Train page for Before / after (read once)
+PAIR_SELECTION = "shared_pair_selection"  # PairSelection: the Methods page's methods and IG steps
+DATASET_SELECTION = "shared_dataset_selection"  # DatasetSelection: the Distributions page's subset and methods
+
+
+@dataclass(frozen=True)
+class PairSelection:
+    """The methods (and integrated gradients' steps) the Methods page shows one pair under."""
+
+    methods: tuple[str, ...] = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention")
+    n_steps: int = 16
+
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    """The first `n` pairs and the methods the Distributions page shows."""
+
+    n: int = 10
+    methods: tuple[str, ...] = ("tidpo", "gradient", "attention")
+
+
+def offer_pair_selection(methods: Sequence[str], n_steps: int) -> None:
+    """Publish the Methods page's choice (the Export page exports it)."""
+    st.session_state[PAIR_SELECTION] = PairSelection(tuple(methods), int(n_steps))
+
+
+def offer_dataset_selection(n: int, methods: Sequence[str]) -> None:
+    """Publish the Distributions page's choice (the Export page exports it)."""
+    st.session_state[DATASET_SELECTION] = DatasetSelection(int(n), tuple(methods))
+
+
+def pair_selection() -> PairSelection:
+    """The Methods page's last choice, or its defaults; no methods picked means the defaults."""
+    picked = st.session_state.get(PAIR_SELECTION) or PairSelection()
+    return picked if picked.methods else PairSelection(n_steps=picked.n_steps)
+
+
+def dataset_selection() -> DatasetSelection:
+    """The Distributions page's last choice, or its defaults; no methods picked means the defaults."""
+    picked = st.session_state.get(DATASET_SELECTION) or DatasetSelection()
+    return picked if picked.methods else DatasetSelection(n=picked.n)
