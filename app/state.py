@@ -397,11 +397,15 @@ def combine_tables(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def preference_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], *, beta: float = 0.1,
                       progress: Progress | None = None) -> pd.DataFrame:
     """Per pair: the response log-probs log pi(y|x) of both sides and their margin; with a reference (a run as
-    the policy), also the implicit rewards beta (log pi - log pi_ref) and their margin (NaN otherwise).
+    the policy), also the implicit rewards beta (log pi - log pi_ref) and their margin (NaN otherwise). Scored by
+    `tiviz.scoring.score_pairs`, with the attribution's default max_length so scores and tables see one text.
 
     Returns:
         pair_id, logp_chosen, logp_rejected, logp_margin, reward_chosen, reward_rejected, reward_margin.
     """
+    from tiviz.config import AttributionConfig
+    from tiviz.scoring import make_scorer, score_pairs
+
     key = ("scores", choice.key, dataset.key, tuple(pair_ids), beta)
     cache = result_cache()
     hit = cache.get(key)
@@ -409,36 +413,24 @@ def preference_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[
         return hit
     policy = get_model(choice)
     ref = reference_for(choice)
-    rows = []
-    for k, pid in enumerate(pair_ids):
+    pairs = [dataset.pair(pid) for pid in pair_ids]
+    scorers = [make_scorer(policy)] + ([make_scorer(policy, reference=ref, beta=beta)] if ref is not None else [])
+    tables = []
+    for k, scorer in enumerate(scorers):
+        def report(done: int, total: int, k: int = k) -> None:
+            if progress is not None:
+                progress((k + done / max(total, 1)) / len(scorers), f"scoring {done}/{total} pairs")
+
         with compute_lock():
-            lp = _sequence_logps(policy.model, policy.tokenizer, dataset.pair(pid))
-            rp = _sequence_logps(ref, policy.tokenizer, dataset.pair(pid)) if ref is not None else None
-        rc = beta * (lp[0] - rp[0]) if rp is not None else math.nan
-        rr = beta * (lp[1] - rp[1]) if rp is not None else math.nan
-        rows.append({"pair_id": pid, "logp_chosen": lp[0], "logp_rejected": lp[1], "logp_margin": lp[0] - lp[1],
-                     "reward_chosen": rc, "reward_rejected": rr, "reward_margin": rc - rr})
-        if progress is not None:
-            progress((k + 1) / len(pair_ids), f"scoring {k + 1}/{len(pair_ids)} pairs")
-    out = pd.DataFrame(rows)
+            tables.append(score_pairs(scorer, pairs, max_length=AttributionConfig().max_length, progress=report))
+    lp = tables[0]
+    nan = pd.Series(math.nan, index=lp.index)
+    rw = tables[1] if len(tables) > 1 else pd.DataFrame({"chosen": nan, "rejected": nan, "margin": nan})
+    out = pd.DataFrame({"pair_id": lp["pair_id"].astype(str), "logp_chosen": lp["chosen"],
+                        "logp_rejected": lp["rejected"], "logp_margin": lp["margin"], "reward_chosen": rw["chosen"],
+                        "reward_rejected": rw["rejected"], "reward_margin": rw["margin"]})
     cache.put(key, out)
     return out
-
-
-def _sequence_logps(model: Any, tokenizer: Any, pair: PreferencePair) -> tuple[float, float]:
-    """log pi(y|x) of the chosen and rejected responses, one batched forward."""
-    import torch
-
-    from tiviz.attribution.targets import sequence_logp
-    from tiviz.tokenization import collate, encode_pair, pad_token_id
-
-    seqs = list(encode_pair(tokenizer, pair, max_length=512))
-    batch = collate(seqs, pad_token_id(tokenizer)).to(next(model.parameters()).device)
-    with torch.inference_mode():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False).logits  # (2, L, V)
-        lp = sequence_logp(logits, batch.input_ids, batch.response_mask)  # (2,)
-    return float(lp[0]), float(lp[1])
 
 
 def export_bytes(df: pd.DataFrame, fmt: str) -> bytes:

@@ -16,6 +16,7 @@ first two pairs of sample_data/train.jsonl).
 
     .venv/bin/python benchmarks/step_cost.py                    # all variants, prints Markdown tables
     .venv/bin/python benchmarks/step_cost.py --rounds 5 --threads 2 --no-memory --groups ours-dpo,trl-dpo
+    .venv/bin/python benchmarks/step_cost.py --groups weights --lora --rounds 3   # one row per weight source
 """
 
 from __future__ import annotations
@@ -43,7 +44,20 @@ VARIANTS = {
     "ours-tidpo-no-triplet": {"preset": "no-triplet"},
     "ours-tidpo-paper": {"preset": "paper"},
     "ours-tidpo-no-triplet-no-kl": {"preset": "no-triplet", "alpha_kl": 0.0},
+    # weight sources (docs/METHOD.md, weight sources): our DPO (no KL, no triplet) with its weights from X
+    "w-tidpo": {"preset": "dpo", "weighting": "tidpo"},
+    "w-gradient": {"preset": "dpo", "weighting": "gradient"},
+    "w-grad_x_input": {"preset": "dpo", "weighting": "grad_x_input"},
+    "w-implicit_reward": {"preset": "dpo", "weighting": "implicit_reward"},
+    "w-attention": {"preset": "dpo", "weighting": "attention"},
+    "w-integrated_gradients": {"preset": "dpo", "weighting": "integrated_gradients"},
+    "w-occlusion": {"preset": "dpo", "weighting": "occlusion"},
+    "w-random": {"preset": "dpo", "weighting": "random"},
+    "w-fixed-gradient": {"preset": "dpo", "weighting": "gradient", "weights_from": "smollm2-135m-instruct"},
 }
+WEIGHT_GROUPS = ("ours-dpo,w-tidpo,w-gradient,w-grad_x_input;"
+                 "ours-dpo,w-implicit_reward,w-attention,w-random,w-fixed-gradient")
+"""`--groups weights`: one row per weight source (w-integrated_gradients and w-occlusion can be added by name)."""
 
 
 def peak_rss_mib() -> float:
@@ -53,15 +67,19 @@ def peak_rss_mib() -> float:
 class Ours:
     """One of our variants, ready to step."""
 
-    def __init__(self, name: str, tmp: str) -> None:
+    def __init__(self, name: str, tmp: str, lora: bool = False) -> None:
         from tiviz.data import load_pairs
         from tiviz.models import load_model
         from tiviz.training.config import config_from_preset
         from tiviz.training.trainer import TIDPOTrainer
 
         spec = dict(VARIANTS[name])
+        if lora:  # no LoRA dropout: the gradient weights may reuse the training forward
+            spec.update(use_lora=True, lora_r=16, lora_dropout=0.0)
         cfg = config_from_preset(spec.pop("preset"), batch_size=2, max_steps=1000, **spec)
-        self.tr = TIDPOTrainer(load_model(dtype="float32", device="cpu"), load_pairs(DATA)[:2], cfg, tmp)
+        self.tr = TIDPOTrainer(load_model(dtype="float32", device="cpu"), load_pairs(DATA)[:2], cfg, tmp,
+                               weights_cache=Path(tmp) / "attribution-cache")
+        self.precompute_s = self.tr.timings.get("weights_precompute")
         self.tr.setup_reference()
         self.tokens = sum(len(p.chosen) + len(p.rejected) for p in self.tr.train_encoded)
         self.i = 0
@@ -115,11 +133,11 @@ class Trl:
         self.last = {"loss": float(loss)}
 
 
-def build(name: str, tmp: str) -> Any:
-    return Trl(tmp) if name == "trl-dpo" else Ours(name, tmp)
+def build(name: str, tmp: str, lora: bool = False) -> Any:
+    return Trl(tmp) if name == "trl-dpo" else Ours(name, tmp, lora)
 
 
-def memory_child(name: str, threads: int, out: str) -> None:
+def memory_child(name: str, threads: int, out: str, lora: bool = False) -> None:
     """Peak RSS of one variant alone: set-up, then a warm-up step and one more."""
     import torch
 
@@ -127,14 +145,14 @@ def memory_child(name: str, threads: int, out: str) -> None:
     torch.manual_seed(0)
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        v = build(name, tmp)
+        v = build(name, tmp, lora)
         setup_peak = peak_rss_mib()
         v.step()
         v.step()
     Path(out).write_text(json.dumps({"setup_peak_mib": setup_peak, "peak_mib": peak_rss_mib()}))
 
 
-def time_all(names: list[str], rounds: int, warmup: int, threads: int) -> dict[str, Any]:
+def time_all(names: list[str], rounds: int, warmup: int, threads: int, lora: bool = False) -> dict[str, Any]:
     """Every variant in this process; interleaved rounds; per-round ratios to ours-dpo."""
     import torch
 
@@ -142,7 +160,7 @@ def time_all(names: list[str], rounds: int, warmup: int, threads: int) -> dict[s
     torch.manual_seed(0)
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        variants = {n: build(n, str(Path(tmp) / n)) for n in names}
+        variants = {n: build(n, str(Path(tmp) / n), lora) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(warmup + rounds):
             if r == warmup:
@@ -169,6 +187,7 @@ def time_all(names: list[str], rounds: int, warmup: int, threads: int) -> dict[s
                 "phases": ({k: t / rounds for k, t in sorted(v.tr.timings.items(), key=lambda kv: -kv[1])}
                            if isinstance(v, Ours) else {}),
                 "anchor_len": v.last.get("anchor/length"),
+                "precompute_s": getattr(v, "precompute_s", None),
             }
     return out
 
@@ -182,7 +201,7 @@ def run_child(flag: str, value: str, args: argparse.Namespace) -> Any:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [sys.executable, __file__, flag, value, "--out", out, "--threads", str(args.threads),
-           "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+           "--rounds", str(args.rounds), "--warmup", str(args.warmup)] + (["--lora"] if args.lora else [])
     subprocess.run(cmd, check=True, env=env)
     data = json.loads(Path(out).read_text())
     os.unlink(out)
@@ -195,7 +214,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--groups", default=GROUPS,
-                    help="';'-separated groups of ','-separated variants timed together; each starts with ours-dpo")
+                    help="';'-separated groups of ','-separated variants timed together; each starts with ours-dpo; "
+                    "'weights' = one row per token-weight source")
+    ap.add_argument("--lora", action="store_true", help="train a LoRA adapter (r 16, all linear layers, no "
+                    "dropout) instead of every weight")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -203,15 +225,16 @@ def main() -> None:
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child, args.threads, args.out)
+        memory_child(args.memory_child, args.threads, args.out, args.lora)
         return
     if args.time_child:
-        res = time_all(args.time_child.split(","), args.rounds, args.warmup, args.threads)
+        res = time_all(args.time_child.split(","), args.rounds, args.warmup, args.threads, args.lora)
         Path(args.out).write_text(json.dumps(res))
         return
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
-    for group in args.groups.split(";"):
+    groups = WEIGHT_GROUPS if args.groups == "weights" else args.groups
+    for group in groups.split(";"):
         for name, r in run_child("--time-child", group, args).items():
             results.setdefault(name, r)  # ours-dpo: from the first group
     trl_x = results.get("trl-dpo", {}).get("x_dpo")
@@ -220,7 +243,8 @@ def main() -> None:
         for name in names:
             results[name].update(run_child("--memory-child", name, args))
             print(f"# memory {name}: peak {results[name]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
-    print(f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.threads} thread(s); "
+    print(f"{'LoRA r 16' if args.lora else 'full fine-tuning'}; "
+          f"{args.rounds} interleaved rounds after {args.warmup} warm-up, {args.threads} thread(s); "
           f"total {time.perf_counter() - t_all:.0f} s\n")
     print("| variant | s/step (median) | x our DPO, median (min..max) over rounds | x TRL DPO | tokens in batch "
           "| peak RSS MiB | step adds MiB |")
@@ -235,6 +259,8 @@ def main() -> None:
         if r["phases"]:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
             extra = f" (anchor length {r['anchor_len']:.0f} tokens)" if r.get("anchor_len") else ""
+            if r.get("precompute_s"):
+                extra += f" (weights computed once before training: {r['precompute_s']:.1f} s)"
             print(f"- {name}: {parts}{extra}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

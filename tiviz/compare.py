@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tiviz.errors import TableError
+from tiviz.scoring import margin_summary
 from tiviz.table import PROVENANCE_KEY
 
 log = logging.getLogger(__name__)
@@ -175,11 +176,11 @@ class Preference:
     @property
     def accuracy(self) -> float:
         """Share of pairs whose margin is > 0 (ties count as wrong, as TRL's rewards/accuracies)."""
-        return float((self.per_pair["margin"] > 0).mean()) if len(self.per_pair) else math.nan
+        return margin_summary(self.per_pair["margin"])["accuracy"]
 
     @property
     def mean_margin(self) -> float:
-        return float(self.per_pair["margin"].mean()) if len(self.per_pair) else math.nan
+        return margin_summary(self.per_pair["margin"])["mean_margin"]
 
     @property
     def description(self) -> str:

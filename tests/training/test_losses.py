@@ -1,4 +1,4 @@
-"""Hand-computed values and properties of the TI-DPO loss functions (shared/TI-DPO.md, sections 2 to 4)."""
+"""Hand-computed values and properties of the TI-DPO loss functions (docs/METHOD.md: the weighted DPO term, the triplet term, the objective)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The TI-DPO trainer on the tiny model: a step trains the policy only, a few pairs are overfitted, resuming equals
 not stopping, a SIGKILL mid-checkpoint loses nothing, the final folder loads, and the per-step weights are what
-TI-DPO.md section 1 says."""
+docs/METHOD.md (token weights) says."""
 
 from __future__ import annotations
 

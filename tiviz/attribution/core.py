@@ -30,15 +30,20 @@ from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
 from tiviz.errors import ConfigError
 from tiviz.table import COLUMNS, PROVENANCE_KEY, validate
-from tiviz.tokenization import SIDES, Batch, EncodedSequence, collate, encode_pair, pad_token_id
+from tiviz.tokenization import (
+    SIDES,
+    TOKENS_PER_FORWARD,
+    Batch,
+    EncodedSequence,
+    collate,
+    encode_pair,
+    length_batches,
+    pad_token_id,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
-# Padded tokens (rows x length) per forward pass, for the batches of pairs and for integrated gradients' internal
-# batches (steps x rows). The default model keeps about 1.5 MB per token for the backward, so 1024 tokens hold
-# about 1.6 GB; on CPU a forward is no faster per token beyond a few hundred tokens.
-TOKENS_PER_FORWARD = 1024
 
 
 def attribute(
@@ -131,24 +136,6 @@ def attribute(
         df.attrs[PROVENANCE_KEY]["cache"] = {"folder": str(store.folder), "reused": store.hits,
                                              "computed": store.misses}
     return df
-
-
-def length_batches(lengths: Sequence[int], max_pairs: int, max_tokens: int) -> list[list[int]]:
-    """Group pair indices into batches of similar length (less padding), in length order.
-
-    A batch holds at most `max_pairs` pairs and, unless it is a single pair, at most `max_tokens` padded tokens
-    (2 rows per pair x its longest side).
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda j: (lengths[j], j)):
-        if current and (len(current) >= max_pairs or 2 * (len(current) + 1) * lengths[i] > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
@@ -284,3 +271,11 @@ def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names:
     if "implicit_reward" in names:
         prov["notes"] = ["implicit_reward is all zeros while the policy equals its reference (before training)"]
     return prov
+
+
+def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[str], config: AttributionConfig,
+                  ref_model: Any | None = None) -> dict[str, torch.Tensor]:
+    """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
+    `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
+    its token weights from any method (docs/METHOD.md, weight sources)."""
+    return {m: s for m, (s, _, _) in _score_batch(model, tokenizer, batch, list(methods), config, ref_model).items()}

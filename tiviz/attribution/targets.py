@@ -126,12 +126,35 @@ def target_value_at(
     if name == "max_logit":
         return logits[:, 0].max(-1).values
     _check_name(name)
+    lp = token_logps_at(logits, positions, valid, input_ids).sum(-1)  # (B,)
+    return _from_logprob(name, lp, sign, ref_logp, reward_scale)
+
+
+def token_logps_at(logits: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                   input_ids: torch.Tensor) -> torch.Tensor:
+    """Log-prob of the token after each of `positions`, from those positions' logits only; 0 where not valid.
+
+    Args:
+        logits: (B, K, V) the logits at `positions` (from `response_positions`).
+        positions, valid: (B, K).
+        input_ids: (B, L) the tokens scored.
+    Returns:
+        (B, K) at least float32: entry k is log p(input_ids[positions[k] + 1]).
+    """
     work = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up to fp32; fp64 stays
     logp = torch.log_softmax(work, dim=-1)  # (B, K, V)
     nxt = input_ids.gather(1, (positions + 1).clamp_max(input_ids.shape[1] - 1))  # (B, K) the tokens scored
     picked = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # (B, K)
-    lp = (picked * valid.to(picked.dtype)).sum(-1)  # (B,)
-    return _from_logprob(name, lp, sign, ref_logp, reward_scale)
+    return picked * valid.to(picked.dtype)
+
+
+def scatter_positions(values: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                      length: int) -> torch.Tensor:
+    """Per-token values (B, L) from the values at response-scoring positions (B, K): the value read at logit
+    position p belongs to token p + 1; 0 elsewhere."""
+    out = torch.zeros(values.shape[0], length, dtype=values.dtype, device=values.device)  # (B, L)
+    index = (positions + 1).clamp_max(length - 1)
+    return out.scatter_add(1, index, values * valid.to(values.dtype))
 
 
 def _check_name(name: str) -> None:

@@ -22,7 +22,7 @@ _LAZY = {
     "request_stop": "tiviz.training.runfolder",
     "read_status": "tiviz.training.runfolder",
     "read_run_config": "tiviz.training.runfolder",
-    "evaluate_pairs": "tiviz.training.trainer",
+    "evaluate_policy": "tiviz.training.evaluation",
     "read_metrics": "tiviz.training.metrics",
     "metrics_frame": "tiviz.training.metrics",
     "latest_good_checkpoint": "tiviz.training.checkpoint",

@@ -1,6 +1,6 @@
 """TI-DPO training settings: one dataclass, validated on creation, whose field help drives the CLI flags.
 
-Defaults are the paper's values (shared/TI-DPO.md, section 4); where the paper gives none, TRL's `DPOConfig`
+Defaults are the paper's values (docs/METHOD.md, objective and defaults); where the paper gives none, TRL's `DPOConfig`
 defaults. Named presets reproduce the authors' shipped config, the DPO / TDPO baselines and the paper's ablations:
 
     cfg = config_from_preset("authors-code", max_steps=100)
@@ -16,14 +16,18 @@ from tiviz.errors import ConfigError
 
 Span = Literal["response", "full"]
 WeightScale = Literal["mean1", "sum1"]
-Weighting = Literal["tidpo", "uniform", "random"]
+WeightingTarget = Literal["max_logit", "logprob", "margin", "reward"]
+WeightingSign = Literal["abs", "positive"]
+BASELINE_WEIGHTINGS = ("uniform", "random")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 Optimizer = Literal["rmsprop", "adamw"]
 LRScheduler = Literal["constant_with_warmup", "linear", "cosine"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "span": get_args(Span),
     "weight_scale": get_args(WeightScale),
-    "weighting": get_args(Weighting),
+    "weighting_target": get_args(WeightingTarget),
+    "weighting_sign": get_args(WeightingSign),
     "optimizer": get_args(Optimizer),
     "lr_scheduler": get_args(LRScheduler),
 }
@@ -57,21 +61,38 @@ _FLOATS = (
 
 @dataclass
 class TIDPOConfig:
-    """Every knob of TI-DPO training. Defaults follow the paper (shared/TI-DPO.md, section 4)."""
+    """Every knob of TI-DPO training. Defaults follow the paper (docs/METHOD.md, objective and defaults)."""
 
-    # Preference loss (TI-DPO.md section 2)
+    # Preference loss (docs/METHOD.md, the weighted DPO term)
     beta: float = field(default=0.1, metadata={"help": "implicit-reward scale beta of the DPO term (> 0)"})
     alpha_kl: float = field(
         default=0.5,
         metadata={"help": "weight of TDPO2's sequential-KL term (>= 0); 0 gives plain weighted DPO"},
     )
-    # Token weights (TI-DPO.md section 1)
-    weighting: Weighting = field(
+    # Token weights (docs/METHOD.md, token weights)
+    weighting: str = field(
         default="tidpo",
         metadata={
-            "help": "token weights: tidpo (gradient importance mixed with a Gaussian prior), uniform (all 1, as "
-            "DPO), or random (random positive weights rescaled like tidpo's, an ablation)"
+            "help": "where the token weights come from: tidpo (the paper: L1 gradient of the max final logit), "
+            "any other attribution method id (gradient, grad_x_input, integrated_gradients, attention, "
+            "implicit_reward, ...), uniform (all 1, as DPO) or random (an ablation); every importance goes through "
+            "the hybrid step (lam, prior, span, scale)"
         },
+    )
+    weighting_target: WeightingTarget = field(
+        default="max_logit",
+        metadata={"help": "what gradient / grad_x_input / integrated_gradients weights explain: max_logit (the "
+                  "paper's target), logprob, margin or reward (tidpo always uses max_logit)"},
+    )
+    weighting_sign: WeightingSign = field(
+        default="abs",
+        metadata={"help": "how signed importance becomes non-negative: abs (|score|) or positive (max(score, 0))"},
+    )
+    weights_from: str | None = field(
+        default=None,
+        metadata={"help": "compute the weights once, before training, with the weighting method on this scorer "
+                  "(a finished tiviz run folder, a causal LM or a reward-model folder) instead of the policy at "
+                  "every step"},
     )
     lam: float = field(
         default=0.7,
@@ -96,7 +117,7 @@ class TIDPOConfig:
         default="mean1",
         metadata={"help": "rescale weights to mean 1 over the span (keeps beta's meaning) or to sum 1"},
     )
-    # Triplet term (TI-DPO.md section 3)
+    # Triplet term (docs/METHOD.md, the triplet term)
     gamma: float = field(default=0.1, metadata={"help": "weight of the triplet term (>= 0); 0 turns it off"})
     margin: float = field(default=0.001, metadata={"help": "triplet margin (>= 0)"})
     anchor_top_k: int = field(default=50, metadata={"help": "anchor sampling: top-k (0 = off)"})
@@ -146,6 +167,11 @@ class TIDPOConfig:
         default=None,
         metadata={"help": "train in bfloat16; unset = automatic (on where the device supports it)"},
     )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "experiment trackers to log to, comma-separated: tensorboard, wandb, trackio, mlflow, "
+                  "or none (RUN/metrics.jsonl is written either way)"},
+    )
     precompute_ref_logps: bool = field(
         default=False,
         metadata={"help": "compute the reference log-probs once before training instead of at every step"},
@@ -163,6 +189,15 @@ class TIDPOConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(name, value, ", ".join(map(repr, allowed)))
+        if self.weighting not in weighting_choices():
+            raise ConfigError("weighting", self.weighting, ", ".join(map(repr, weighting_choices())))
+        if self.weights_from is not None and self.weighting in BASELINE_WEIGHTINGS:
+            raise ConfigError("weights_from", self.weights_from, f"no scorer: weighting {self.weighting!r} "
+                              "reads no model (or choose an attribution method)")
+        for tracker in report_to_list(self.report_to):
+            if tracker not in TRACKERS:
+                raise ConfigError("report_to", self.report_to, "'none' or a comma-separated list of "
+                                  + ", ".join(TRACKERS))
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "True or False")
@@ -220,6 +255,19 @@ class TIDPOConfig:
         return cls(**data)
 
 
+def weighting_choices() -> tuple[str, ...]:
+    """What `weighting` accepts: every attribution method id of the registry, then uniform and random."""
+    from tiviz.attribution.methods import METHODS
+
+    return (*METHODS, *BASELINE_WEIGHTINGS)
+
+
+def report_to_list(value: str) -> list[str]:
+    """`report_to` as a list of tracker names ("none" or "" gives [])."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return [] if names in ([], ["none"]) else names
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "authors-code": {
@@ -247,7 +295,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Named settings, as overrides of the paper defaults."""
 
 PRESET_HELP: dict[str, str] = {
-    "paper": "the paper's hyperparameters (TI-DPO.md section 4)",
+    "paper": "the paper's hyperparameters (docs/METHOD.md, objective and defaults)",
     "authors-code": "the authors' shipped demo config: beta 0.2, lambda 0.2, sigma T/8, gamma 0.001, full span, "
     "RMSprop 5e-6 with 150 warm-up steps, 256/128 tokens",
     "dpo": "standard DPO baseline: uniform weights, no KL term, no triplet",

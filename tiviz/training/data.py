@@ -38,18 +38,6 @@ class EncodedPair:
         return self.chosen.input_ids[: self.chosen.response_start]
 
 
-@dataclass
-class PairBatch:
-    """A micro-batch: chosen rows then rejected rows in one right-padded batch, plus the prompts alone."""
-
-    pairs: list[EncodedPair]
-    sequences: Batch  # (2B, L): rows 0..B-1 chosen, B..2B-1 rejected
-
-    @property
-    def size(self) -> int:
-        return len(self.pairs)
-
-
 def fit_lengths(seq: EncodedSequence, max_prompt_length: int, max_length: int) -> EncodedSequence:
     """Truncate as TRL does: the prompt keeps its last `max_prompt_length` tokens, then the response keeps its
     first `max_length - prompt` tokens. Returns a new sequence (or `seq` itself when nothing is cut)."""
@@ -93,10 +81,9 @@ def encode_pairs(
     return out
 
 
-def make_batch(pairs: list[EncodedPair], pad_id: int) -> PairBatch:
-    """Right-padded [chosen; rejected] batch of the given pairs."""
-    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    return PairBatch(pairs, collate(seqs, pad_id, padding_side="right"))
+def pair_rows(pairs: list[EncodedPair], pad_id: int) -> Batch:
+    """The pairs as one right-padded batch (2B, L): rows 0..B-1 chosen, B..2B-1 rejected."""
+    return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, padding_side="right")
 
 
 def prompt_batch(pairs: list[EncodedPair], pad_id: int) -> Batch:
@@ -173,12 +160,11 @@ def anchor_batch(
 
 __all__ = [
     "EncodedPair",
-    "PairBatch",
     "StepOrder",
     "anchor_batch",
     "encode_pairs",
     "fit_lengths",
-    "make_batch",
     "pad_token_id",
+    "pair_rows",
     "prompt_batch",
 ]

@@ -1,4 +1,4 @@
-"""TI-DPO's loss as pure tensor functions (shared/TI-DPO.md, sections 2 to 4).
+"""TI-DPO's loss as pure tensor functions (docs/METHOD.md: the weighted DPO term, the triplet term, the objective).
 
 Every function takes its masks explicitly, so padding side and the prompt/response split are the caller's business.
 Per-token tensors are aligned with `input_ids` as in `tiviz.attribution.targets.token_logps`: entry t belongs to
@@ -7,12 +7,12 @@ there contributes nothing.
 
 The pieces, in the order the trainer uses them:
 
-    lr_w = token_log_ratios(policy_logps_w, ref_logps_w, mask_w)                  # (B, L_w)
-    lr_l = token_log_ratios(policy_logps_l, ref_logps_l, mask_l)                  # (B, L_l)
-    delta = weighted_dpo_delta(lr_w, W_w, lr_l, W_l, mask_w, mask_l)              # (B,)
+    log_ratio_w = token_log_ratios(policy_logps_w, ref_logps_w, mask_w)          # (B, L_w)
+    log_ratio_l = token_log_ratios(policy_logps_l, ref_logps_l, mask_l)          # (B, L_l)
+    delta = weighted_dpo_delta(log_ratio_w, W_w, log_ratio_l, W_l, mask_w, mask_l)  # (B,)
     kl_w, kl_l = sequential_kl(..._w), sequential_kl(..._l)                       # (B,)
     l_dpo = tidpo_dpo_loss(delta, kl_w, kl_l, beta=..., alpha_kl=...)             # (B,)
-    l_trip = triplet_loss(*align_responses(lr_anchor, mask_anchor), ...)          # ()
+    l_trip = triplet_loss(*align_responses(log_ratio_anchor, mask_anchor), ...)   # ()
     loss = total_loss(l_dpo, l_trip, gamma=...)                                   # ()
 """
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 def token_log_ratios(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-token log-ratio of policy to reference on the response tokens (TI-DPO.md section 2).
+    """Per-token log-ratio of policy to reference on the response tokens (docs/METHOD.md, the weighted DPO term).
 
-    `lr_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)`, 0 outside the mask.
+    `log_ratio_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)`, 0 outside the mask.
 
     Args:
         policy_logps: (B, L) float, per-token log-probs under the policy (`token_logps`), with gradient.
@@ -41,39 +41,39 @@ def token_log_ratios(
 
 
 def weighted_dpo_delta(
-    lr_chosen: torch.Tensor,
+    log_ratio_chosen: torch.Tensor,
     w_chosen: torch.Tensor,
-    lr_rejected: torch.Tensor,
+    log_ratio_rejected: torch.Tensor,
     w_rejected: torch.Tensor,
     mask_chosen: torch.Tensor,
     mask_rejected: torch.Tensor,
 ) -> torch.Tensor:
-    """Token-weighted implicit-reward difference of a pair (TI-DPO.md section 2).
+    """Token-weighted implicit-reward difference of a pair (docs/METHOD.md, the weighted DPO term).
 
-    `Delta = sum_t W^w_t lr^w_t - sum_t W^l_t lr^l_t`: plain sums, no length normalisation. With all weights 1
+    `Delta = sum_t W^w_t log_ratio^w_t - sum_t W^l_t log_ratio^l_t`: plain sums, no length normalisation. With all weights 1
     this is DPO's `(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))`.
 
     Args:
-        lr_chosen: (B, L_w) log-ratios of the chosen responses (`token_log_ratios`).
+        log_ratio_chosen: (B, L_w) log-ratios of the chosen responses (`token_log_ratios`).
         w_chosen: (B, L_w) token weights (`hybrid_weights`, detached by the caller), any value outside the mask.
-        lr_rejected: (B, L_l) log-ratios of the rejected responses; L_l may differ from L_w.
+        log_ratio_rejected: (B, L_l) log-ratios of the rejected responses; L_l may differ from L_w.
         w_rejected: (B, L_l) token weights of the rejected responses.
         mask_chosen: (B, L_w) response mask of the chosen sequences.
         mask_rejected: (B, L_l) response mask of the rejected sequences.
     Returns:
         (B,) Delta per pair.
     """
-    m_w = mask_chosen.to(lr_chosen.dtype)  # (B, L_w)
-    m_l = mask_rejected.to(lr_rejected.dtype)  # (B, L_l)
-    chosen = (w_chosen * lr_chosen * m_w).sum(-1)  # (B,)
-    rejected = (w_rejected * lr_rejected * m_l).sum(-1)  # (B,)
+    m_w = mask_chosen.to(log_ratio_chosen.dtype)  # (B, L_w)
+    m_l = mask_rejected.to(log_ratio_rejected.dtype)  # (B, L_l)
+    chosen = (w_chosen * log_ratio_chosen * m_w).sum(-1)  # (B,)
+    rejected = (w_rejected * log_ratio_rejected * m_l).sum(-1)  # (B,)
     return chosen - rejected
 
 
 def sequential_kl(
     policy_logits: torch.Tensor, ref_logits: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """TDPO's sequential KL of a response, over the full vocabulary (TI-DPO.md section 2, TDPO2's SeqKL).
+    """TDPO's sequential KL of a response, over the full vocabulary (docs/METHOD.md, the weighted DPO term, TDPO2's SeqKL).
 
     `SeqKL = sum_{t in response} KL(pi_ref(. | x, y_<t) || pi(. | x, y_<t))`
            `= sum_t sum_v p_ref(v) (log p_ref(v) - log p(v))`,
@@ -102,7 +102,7 @@ def tidpo_dpo_loss(
     beta: float = 0.1,
     alpha_kl: float = 0.5,
 ) -> torch.Tensor:
-    """Per-pair TI-DPO preference loss with TDPO2's sequential-KL term (TI-DPO.md section 2).
+    """Per-pair TI-DPO preference loss with TDPO2's sequential-KL term (docs/METHOD.md, the weighted DPO term).
 
     `L_w = -log sigmoid(beta * (Delta - alpha_kl * (SeqKL_l - stopgrad(SeqKL_w))))`.
     alpha_kl = 0 gives plain (weighted) DPO, `-log sigmoid(beta * Delta)`, TRL's `loss_type="sigmoid"`.
@@ -161,16 +161,16 @@ def _paired_sq_distance(
 
 
 def triplet_loss(
-    anchor_lr: torch.Tensor,
+    anchor_log_ratio: torch.Tensor,
     anchor_mask: torch.Tensor,
-    chosen_lr: torch.Tensor,
+    chosen_log_ratio: torch.Tensor,
     chosen_mask: torch.Tensor,
-    rejected_lr: torch.Tensor,
+    rejected_log_ratio: torch.Tensor,
     rejected_mask: torch.Tensor,
     *,
     margin: float = 0.001,
 ) -> torch.Tensor:
-    """Triplet term pulling the anchor's log-ratio vector toward the chosen one (TI-DPO.md section 3).
+    """Triplet term pulling the anchor's log-ratio vector toward the chosen one (docs/METHOD.md, the triplet term).
 
     `d_pos = sum_t (a_t - w_t)^2`, `d_neg = sum_t (a_t - l_t)^2`, each over the positions valid in both
     sequences; `L_trip = mean_b relu(d_pos - d_neg + margin)`. No importance weights enter this term.
@@ -180,23 +180,23 @@ def triplet_loss(
     responses whatever the prompt lengths and padding side. The three widths may differ.
 
     Args:
-        anchor_lr: (B, R_a) log-ratios of the policy's sampled anchor response (with gradient).
+        anchor_log_ratio: (B, R_a) log-ratios of the policy's sampled anchor response (with gradient).
         anchor_mask: (B, R_a) bool or 0/1, True on the anchor's tokens.
-        chosen_lr: (B, R_w) log-ratios of the chosen response.
+        chosen_log_ratio: (B, R_w) log-ratios of the chosen response.
         chosen_mask: (B, R_w) valid positions of the chosen response.
-        rejected_lr: (B, R_l) log-ratios of the rejected response.
+        rejected_log_ratio: (B, R_l) log-ratios of the rejected response.
         rejected_mask: (B, R_l) valid positions of the rejected response.
         margin: float, default 0.001 (the authors' code; the paper gives none).
     Returns:
         () scalar loss.
     """
-    d_pos = _paired_sq_distance(anchor_lr, anchor_mask, chosen_lr, chosen_mask)  # (B,)
-    d_neg = _paired_sq_distance(anchor_lr, anchor_mask, rejected_lr, rejected_mask)  # (B,)
+    d_pos = _paired_sq_distance(anchor_log_ratio, anchor_mask, chosen_log_ratio, chosen_mask)  # (B,)
+    d_neg = _paired_sq_distance(anchor_log_ratio, anchor_mask, rejected_log_ratio, rejected_mask)  # (B,)
     return torch.relu(d_pos - d_neg + margin).mean()
 
 
 def total_loss(dpo_loss: torch.Tensor, triplet: torch.Tensor | float, gamma: float = 0.1) -> torch.Tensor:
-    """The TI-DPO objective `L = L_w + gamma * L_trip` (TI-DPO.md section 4).
+    """The TI-DPO objective `L = L_w + gamma * L_trip` (docs/METHOD.md, objective and defaults).
 
     Args:
         dpo_loss: (B,) per-pair `tidpo_dpo_loss`, averaged over the batch here, or an already reduced ().
@@ -210,29 +210,29 @@ def total_loss(dpo_loss: torch.Tensor, triplet: torch.Tensor | float, gamma: flo
 
 @torch.no_grad()
 def preference_metrics(
-    lr_chosen: torch.Tensor,
-    lr_rejected: torch.Tensor,
+    log_ratio_chosen: torch.Tensor,
+    log_ratio_rejected: torch.Tensor,
     mask_chosen: torch.Tensor,
     mask_rejected: torch.Tensor,
     beta: float,
 ) -> dict[str, float]:
     """TRL's reward metrics for a batch, under TRL's names (unweighted, as `DPOTrainer` logs them).
 
-    Implicit reward `r(y) = beta * sum_t lr_t` (DPO's implicit reward without the partition term); batch means of
+    Implicit reward `r(y) = beta * sum_t log_ratio_t` (DPO's implicit reward without the partition term); batch means of
     `rewards/chosen` r(y_w), `rewards/rejected` r(y_l), `rewards/margins` r(y_w) - r(y_l) and
     `rewards/accuracies` 1[r(y_w) > r(y_l)].
 
     Args:
-        lr_chosen: (B, L_w) log-ratios of the chosen responses.
-        lr_rejected: (B, L_l) log-ratios of the rejected responses.
+        log_ratio_chosen: (B, L_w) log-ratios of the chosen responses.
+        log_ratio_rejected: (B, L_l) log-ratios of the rejected responses.
         mask_chosen: (B, L_w) response mask of the chosen sequences.
         mask_rejected: (B, L_l) response mask of the rejected sequences.
         beta: float, the implicit-reward scale.
     Returns:
         dict of four floats keyed by TRL's metric names.
     """
-    chosen = beta * (lr_chosen * mask_chosen.to(lr_chosen.dtype)).sum(-1)  # (B,)
-    rejected = beta * (lr_rejected * mask_rejected.to(lr_rejected.dtype)).sum(-1)  # (B,)
+    chosen = beta * (log_ratio_chosen * mask_chosen.to(log_ratio_chosen.dtype)).sum(-1)  # (B,)
+    rejected = beta * (log_ratio_rejected * mask_rejected.to(log_ratio_rejected.dtype)).sum(-1)  # (B,)
     return {
         "rewards/chosen": chosen.mean().item(),
         "rewards/rejected": rejected.mean().item(),

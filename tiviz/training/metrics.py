@@ -20,17 +20,6 @@ from tiviz.training.runfolder import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-TRL_KEYS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
-TIDPO_KEYS = ("loss/dpo_w", "loss/triplet", "kl/chosen", "kl/rejected", "weights/entropy")
-
 
 def _clean(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""

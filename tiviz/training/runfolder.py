@@ -6,6 +6,7 @@
     RUN/metrics.jsonl      one JSON object per logged step (`tiviz.training.metrics`)
     RUN/checkpoints/       checkpoints (`tiviz.training.checkpoint`)
     RUN/final/             the trained model, with a checksum manifest (`verify_final`)
+    RUN/token_weights.parquet  with --weights-from: the scorer's attribution table the weights came from
 
 The trainer writes them; the app, the CLI and tests read them through these functions. Importing this module is
 cheap (no torch), so the app's run list does not load the trainer.
@@ -27,6 +28,7 @@ RUN_CONFIG = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+TOKEN_WEIGHTS = "token_weights.parquet"
 
 State = Literal["running", "finished", "failed", "cancelled"]
 """What the trainer writes into status.json; a reader may also see no state at all (not started yet)."""
@@ -96,6 +98,15 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TivizError(f"{path}: not a JSON object")
     return data
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether `path` is a tiviz training run (its config.json holds the TI-DPO settings; a model folder's
+    config.json does not)."""
+    try:
+        return "tidpo" in read_run_config(path)
+    except TivizError:
+        return False
 
 
 def final_dir(run_dir: str | Path) -> Path:

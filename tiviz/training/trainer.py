@@ -5,18 +5,20 @@
     result = trainer.train()                # or trainer.train(resume=True) to continue a killed run
     load_model("runs/x/final")              # the aligned model, readable by tiviz and transformers
 
-Each optimizer step (TI-DPO.md, sections 1 to 4):
+Each optimizer step (docs/METHOD.md):
 1. the global batch of the step comes from (seed, step) alone (`StepOrder`), split over processes and
    gradient-accumulation micro-batches;
 2. with the triplet term on, one anchor per pair is sampled from the current policy in one `generate` call
    (prompts left-padded, eval mode, no gradient);
-3. chosen, rejected and anchor rows go through the policy in one forward (train mode, with gradient) and through
-   the frozen reference (no gradient; a separate copy, or the LoRA policy with its adapter disabled);
-4. TI-DPO weights are the L1 norm of d(max final logit)/d(input embeddings) of the current policy in eval mode,
-   mixed with the Gaussian prior, detached. When the policy has no active dropout its train-mode forward *is* its
-   eval-mode forward, so the weights' gradient is taken from that same forward (one backward to the embeddings
-   only) instead of a second forward; with dropout (e.g. LoRA dropout) a separate eval-mode pass is made;
-5. loss = weighted DPO with TDPO2's sequential KL + gamma * triplet; backward; clip; optimizer and LR step.
+3. chosen, rejected and anchor rows go through the frozen reference (`reference.Reference`: a separate copy, or
+   the LoRA policy with its adapter disabled; no gradient) and through the policy in one forward (train mode,
+   with gradient);
+4. the token weights come from `weighting` (`tiviz.training.weighting`): the paper's by default, the L1 norm of
+   d(max final logit)/d(input embeddings) of the current policy, mixed with the Gaussian prior, detached; when the
+   policy has no active dropout its train-mode forward *is* its eval-mode forward, so the gradient is taken from
+   that same forward (one backward to the embeddings only);
+5. loss = weighted DPO with TDPO2's sequential KL + gamma * triplet (`tiviz.training.step`); backward; clip;
+   optimizer and learning-rate step.
 
 Metrics go to `RUN/metrics.jsonl` (TRL's names plus ours), the state to `RUN/status.json`, checkpoints to
 `RUN/checkpoints/` (atomic, checksummed), the final model to `RUN/final/`.
@@ -27,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -40,28 +41,22 @@ from typing import Any
 
 import torch
 
-from tiviz.attribution.targets import max_logit_target, token_logps
+from tiviz.attribution.targets import token_logps
 from tiviz.data import PreferencePair
 from tiviz.errors import ConfigError, TivizError
 from tiviz.models import LoadedModel, clear_quantizer, reference_copy, save_model
+from tiviz.table import write_table
 from tiviz.tokenization import Batch, EncodedSequence, collate, pad_token_id
 from tiviz.training import checkpoint as ckpt
-from tiviz.training.config import TIDPOConfig
-from tiviz.training.data import EncodedPair, StepOrder, anchor_batch, encode_pairs, prompt_batch
-from tiviz.training.losses import (
-    align_responses,
-    preference_metrics,
-    sequential_kl,
-    tidpo_dpo_loss,
-    token_log_ratios,
-    total_loss,
-    triplet_loss,
-    weight_entropy,
-    weighted_dpo_delta,
-)
+from tiviz.training.config import TIDPOConfig, report_to_list
+from tiviz.training.data import EncodedPair, StepOrder, anchor_batch, encode_pairs, pair_rows, prompt_batch
+from tiviz.training.evaluation import evaluate_policy
+from tiviz.training.fixed_weights import FixedWeights, importance_table
 from tiviz.training.metrics import MetricsWriter, truncate_after
+from tiviz.training.reference import Reference
 from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop: the trainer's public API)
     METRICS_FILE,
+    TOKEN_WEIGHTS,
     State,
     clear_stop,
     final_dir,
@@ -72,12 +67,9 @@ from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop
     write_run_config,
     write_status,
 )
-from tiviz.training.weights import (
-    random_weights,
-    tidpo_weights,
-    uniform_weights,
-    weights_from_gradients,
-)
+from tiviz.training.step import Anchors, loss_terms, step_metrics
+from tiviz.training.trackers import PROJECT, hparams, project_config, require_trackers, tracker_record
+from tiviz.training.weighting import OnlineWeights
 
 log = logging.getLogger(__name__)
 
@@ -113,54 +105,6 @@ class TrainResult:
     main_process: bool = True  # False on the other ranks of a multi-process run
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate_pairs(
-    policy: Any, reference: Any | None, encoded: list[EncodedPair], pad_id: int, *, beta: float,
-    batch_size: int = 8, ref_adapter_disabled: bool = False,
-) -> dict[str, float]:
-    """Held-out preference accuracy and mean implicit-reward margin.
-
-    The margin of a pair is `beta * (sum lr^w - sum lr^l)` (unweighted, DPO's implicit reward); accuracy is the
-    share of pairs with margin > 0 (ties, e.g. before any training, count as wrong).
-
-    Args:
-        policy: the trained model (plain or PEFT).
-        reference: the frozen reference, or None with `ref_adapter_disabled` (the PEFT policy without adapter).
-        encoded: pairs from `encode_pairs`.
-        pad_id: padding id.
-        beta: the implicit-reward scale.
-        batch_size: pairs per forward.
-    Returns:
-        {"eval/accuracy", "eval/margin", "eval/n_pairs"}.
-    """
-    was_training = policy.training
-    policy.eval()
-    margins = []
-    device = next(policy.parameters()).device
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        batch = collate([p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id).to(device)
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                  "position_ids": batch.position_ids, "use_cache": False}
-        logps = token_logps(policy(**inputs).logits, batch.input_ids)  # (2b, L)
-        if ref_adapter_disabled:
-            with policy.disable_adapter():
-                ref_logps = token_logps(policy(**inputs).logits, batch.input_ids)
-        else:
-            assert reference is not None, "evaluate_pairs: pass a reference, or ref_adapter_disabled=True"
-            ref_logps = token_logps(reference(**inputs).logits, batch.input_ids)
-        lr = token_log_ratios(logps, ref_logps, batch.response_mask)  # (2b, L)
-        b = len(chunk)
-        margins.append(beta * (lr[:b].sum(-1) - lr[b:].sum(-1)))  # (b,)
-    policy.train(was_training)
-    m = torch.cat(margins).float()
-    return {"eval/accuracy": (m > 0).float().mean().item(), "eval/margin": m.mean().item(),
-            "eval/n_pairs": float(len(encoded))}
-
-
 # ---------------------------------------------------------------------------------------------- trainer
 
 
@@ -194,6 +138,8 @@ class TIDPOTrainer:
         should_stop: optional flag function polled after every step; True stops cleanly.
         data_info: what to record about the data in `RUN/config.json` (file, sha256...).
         extra_run_info: more provenance for `RUN/config.json` (preset name...).
+        weights_cache: with `weights_from`: the attribution cache the fixed weights go through (True: tiviz's
+            cache folder; a folder; False: none).
     """
 
     def __init__(
@@ -208,6 +154,7 @@ class TIDPOTrainer:
         should_stop: Callable[[], bool] | None = None,
         data_info: dict[str, Any] | None = None,
         extra_run_info: dict[str, Any] | None = None,
+        weights_cache: bool | str | Path = True,
     ) -> None:
         from accelerate import Accelerator
 
@@ -226,8 +173,13 @@ class TIDPOTrainer:
         self.last_weights: dict[str, torch.Tensor] = {}
 
         bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        self.trackers = report_to_list(cfg.report_to)
+        require_trackers(self.trackers)
         # cpu=True without CUDA: accelerate then sets up gloo DDP (MULTI_CPU) when launched on several processes
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(
+            mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available(),
+            log_with=self.trackers or None,
+            project_config=project_config(self.run_dir) if self.trackers else None)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -259,12 +211,18 @@ class TIDPOTrainer:
                 task_type="CAUSAL_LM",
             )
             policy = get_peft_model(policy, lora)
-            self.reference = None  # the policy with its adapter disabled
+            ref_model = None  # the policy with its adapter disabled
         else:
-            self.reference = reference_copy(LoadedModel(policy, None, model.model_id))
-            self.reference.to(self.accelerator.device)
+            ref_model = reference_copy(LoadedModel(policy, None, model.model_id))
+            ref_model.to(self.accelerator.device)
+        self.ref = Reference(ref_model, lambda: self.policy, self.accelerator.autocast)
         policy.train()
         self.fused_weights = not _has_active_dropout(policy)
+        self.weights: OnlineWeights | FixedWeights = OnlineWeights(cfg, self.tokenizer, fused=self.fused_weights)
+        if cfg.weights_from is not None:
+            with self._timed("weights_precompute"):
+                table = importance_table(cfg, train_pairs, cache=weights_cache, device=str(self.accelerator.device))
+            self.weights = FixedWeights(cfg, self.train_encoded, table)
         params = [p for p in policy.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -277,8 +235,6 @@ class TIDPOTrainer:
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                        num_training_steps=self.total_steps)
         self.model = self.accelerator.prepare(policy)
-        self._ref_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._reference_freed = False
         self._stop_signal = False
         self._elapsed_before = 0.0
 
@@ -289,6 +245,11 @@ class TIDPOTrainer:
         """The policy without any DDP / accelerate wrapper."""
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def reference(self) -> Any | None:
+        """The separate reference model; None with LoRA (the policy with its adapter disabled) or once freed."""
+        return self.ref.model
+
     @contextlib.contextmanager
     def _timed(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
@@ -297,55 +258,19 @@ class TIDPOTrainer:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
-    def _ref_logits(self, batch: Batch) -> torch.Tensor:
-        """Reference logits (N, L, V), no gradient."""
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                  "position_ids": batch.position_ids, "use_cache": False}
-        if self._reference_freed:
-            raise RuntimeError("the reference model was freed after precomputing its log-probs")
-        with torch.no_grad(), self.accelerator.autocast():
-            if self.reference is not None:
-                return self.reference(**inputs).logits
-            with self.policy.disable_adapter():
-                return self.policy(**inputs).logits
-
-    def precompute_reference(self) -> None:
-        """Reference log-probs of every training pair, once (used when `precompute_ref_logps` is on and the KL
-        term, which needs the reference's full distribution at every step, is off)."""
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        bs = max(self.config.batch_size, 1)
-        for start in range(0, len(self.train_encoded), bs):
-            chunk = self.train_encoded[start : start + bs]
-            batch = collate([p.chosen for p in chunk] + [p.rejected for p in chunk], self.pad_id)
-            batch = batch.to(self.accelerator.device)
-            lp = token_logps(self._ref_logits(batch), batch.input_ids).float().cpu()  # (2b, L)
-            for i, p in enumerate(chunk):
-                cache[p.index] = (lp[i, : len(p.chosen)].clone(), lp[len(chunk) + i, : len(p.rejected)].clone())
-        self._ref_cache = cache
-
     def setup_reference(self) -> None:
-        """With `precompute_ref_logps`: compute the reference log-probs once and, when nothing else needs the
-        reference model (no triplet anchors, no KL term, no eval pairs, not LoRA), free it."""
-        if not self.config.precompute_ref_logps or self._ref_cache is not None:
+        """With `precompute_ref_logps`: compute the reference log-probs of every training pair once and, when
+        nothing else needs the reference model (no triplet anchors, no KL term, no eval pairs, not LoRA), free it."""
+        if not self.config.precompute_ref_logps or self.ref.cache is not None:
             return
         if self.config.alpha_kl > 0:
             log.warning("precompute_ref_logps: no effect while alpha_kl > 0 (the sequential KL needs the "
                         "reference's full distribution at every step)")
             return
         with self._timed("precompute_ref"):
-            self.precompute_reference()
-        if self.config.gamma == 0 and self.reference is not None and not self.eval_encoded:
-            self.reference = None  # never called again: free its memory
-            self._reference_freed = True
-
-    def _cached_ref_logps(self, pairs: list[EncodedPair], width: int) -> torch.Tensor:
-        """(2B, width) reference log-probs of [chosen; rejected] rows from the cache, right-padded."""
-        assert self._ref_cache is not None
-        rows = [self._ref_cache[p.index][0] for p in pairs] + [self._ref_cache[p.index][1] for p in pairs]
-        out = torch.zeros(len(rows), width)
-        for r, v in enumerate(rows):
-            out[r, : len(v)] = v
-        return out.to(self.accelerator.device)
+            self.ref.precompute(self.train_encoded, self.pad_id, self.config.batch_size)
+        if self.config.gamma == 0 and self.ref.model is not None and not self.eval_encoded:
+            self.ref.free()  # never called again: free its memory
 
     @torch.no_grad()
     def sample_anchors(self, pairs: list[EncodedPair]) -> list[EncodedSequence]:
@@ -365,10 +290,6 @@ class TIDPOTrainer:
         finally:
             policy.train(was_training)
         return anchor_batch(pairs, out[:, prompts.input_ids.shape[1] :].cpu(), self.eos_id, self.pad_id)
-
-    def _random_seeds(self, pairs: list[EncodedPair], step: int) -> list[int]:
-        base = (self.config.seed * 1_000_003 + step) * 100_003
-        return [((base + p.index) * 2 + side) % (1 << 62) for side in (0, 1) for p in pairs]
 
     def _policy_logits(
         self, pair_rows: Batch, anchor_rows: Batch | None, need_emb_grad: bool
@@ -405,87 +326,43 @@ class TIDPOTrainer:
             return out[0][:n_pairs, :w_pairs], out[0][n_pairs:, :w_anchor], emb_pairs
         return out[0], (out[1] if anchor_rows is not None else None), emb_pairs
 
+    def _reference_outputs(self, pairs: list[EncodedPair], batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reference log-probs (2B, L) of the pair rows, from the precomputed cache when the KL term is off, and
+        its logits (2B, L, V) when the KL term needs them."""
+        if self.ref.cache is not None and self.config.alpha_kl == 0:
+            return self.ref.cached_logps(pairs, batch.input_ids.shape[1]).to(self.accelerator.device), None
+        logits = self.ref.logits(batch)  # (2B, L, V)
+        return token_logps(logits, batch.input_ids), (logits if self.config.alpha_kl > 0 else None)
+
     def micro_step(self, pairs: list[EncodedPair], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss (with graph) and metrics of one micro-batch at 0-based optimizer step `step`."""
+        """Loss (with graph) and metrics of one micro-batch at 0-based optimizer step `step`: anchors, reference,
+        weights, the policy forward, then `loss_terms` and `step_metrics`."""
         cfg = self.config
-        B = len(pairs)
         dev = self.accelerator.device
         anchor_rows: Batch | None = None
         if cfg.gamma > 0:
             with self._timed("generate"):
-                anchors = self.sample_anchors(pairs)
-            anchor_rows = collate(anchors, self.pad_id, padding_side="right").to(dev)  # (B, La)
-        batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id).to(dev)  # (2B, L)
-        fused = cfg.weighting == "tidpo" and self.fused_weights
-
-        weights: torch.Tensor | None = None
-        if cfg.weighting == "tidpo" and not fused:
-            with self._timed("weights"):
-                weights = tidpo_weights(self.policy, batch, cfg)
-        elif cfg.weighting == "uniform":
-            weights = uniform_weights(batch.response_mask)
-        elif cfg.weighting == "random":
-            weights = random_weights(batch, self._random_seeds(pairs, step), cfg)
-
-        with self._timed("policy_forward"):
-            logits, anchor_logits, emb = self._policy_logits(batch, anchor_rows, need_emb_grad=fused)
-        if fused:
-            with self._timed("weights"):
-                # d(max final logit)/d(embeddings): a backward to the embeddings only, on the forward in hand
-                target = max_logit_target(logits, batch.attention_mask)  # (2B,)
-                (grad,) = torch.autograd.grad(target.sum(), emb, retain_graph=True)  # (2B, L, H)
-                weights = weights_from_gradients(grad[: 2 * B, : logits.shape[1]], batch, cfg)  # (2B, L)
-        assert weights is not None
-        self.last_weights = {"weights": weights.detach().cpu(), "input_ids": batch.input_ids.cpu()}
-
-        need_kl = cfg.alpha_kl > 0
-        ref_logits = None
+                anchor_rows = collate(self.sample_anchors(pairs), self.pad_id, padding_side="right").to(dev)  # (B, La)
+        batch = pair_rows(pairs, self.pad_id).to(dev)  # (2B, L)
         with self._timed("ref_forward"):
-            if self._ref_cache is not None and not need_kl:
-                ref_logps = self._cached_ref_logps(pairs, batch.input_ids.shape[1])  # (2B, L)
-            else:
-                ref_logits = self._ref_logits(batch)  # (2B, L, V)
-                ref_logps = token_logps(ref_logits, batch.input_ids)  # (2B, L)
-            if anchor_rows is not None:
-                anchor_ref = token_logps(self._ref_logits(anchor_rows), anchor_rows.input_ids)  # (B, La)
-
+            ref_logps, ref_logits = self._reference_outputs(pairs, batch)  # (2B, L), (2B, L, V) or None
+            anchor_ref = self.ref.logps(anchor_rows) if anchor_rows is not None else None  # (B, La)
+        with self._timed("weights"):
+            weights = self.weights.before_forward(self.policy, batch, pairs, step, self.ref)  # (2B, L) or None
+        with self._timed("policy_forward"):
+            logits, anchor_logits, emb = self._policy_logits(batch, anchor_rows,
+                                                             need_emb_grad=self.weights.needs_embedding_grad)
+        if weights is None:
+            with self._timed("weights"):
+                weights = self.weights.from_forward(batch, logits, emb, ref_logps)  # (2B, L)
+        self.last_weights = {"weights": weights.detach().cpu(), "input_ids": batch.input_ids.cpu()}
+        anchors = None
+        if anchor_rows is not None and anchor_logits is not None and anchor_ref is not None:
+            anchors = Anchors(anchor_rows, anchor_logits, anchor_ref)
         with self._timed("loss"):
-            policy_logps = token_logps(logits, batch.input_ids)  # (2B, L)
-            mask = batch.response_mask  # (2B, L)
-            lr = token_log_ratios(policy_logps, ref_logps.to(policy_logps.dtype), mask)  # (2B, L)
-            lr_w, lr_l = lr[:B], lr[B:]  # (B, L)
-            m_w, m_l = mask[:B], mask[B:]
-            delta = weighted_dpo_delta(lr_w, weights[:B], lr_l, weights[B:], m_w, m_l)  # (B,)
-            kl_w = kl_l = None
-            if need_kl:
-                assert ref_logits is not None
-                kl = sequential_kl(logits, ref_logits, mask)  # (2B,)
-                kl_w, kl_l = kl[:B], kl[B:]
-            l_dpo = tidpo_dpo_loss(delta, kl_w, kl_l, beta=cfg.beta, alpha_kl=cfg.alpha_kl)  # (B,)
-            trip: torch.Tensor | float = 0.0
-            if anchor_rows is not None and anchor_logits is not None:
-                a_lr = token_log_ratios(token_logps(anchor_logits, anchor_rows.input_ids), anchor_ref,
-                                        anchor_rows.response_mask)  # (B, La)
-                a, a_m = align_responses(a_lr, anchor_rows.response_mask)  # (B, Ra)
-                w, w_m = align_responses(lr_w, m_w)  # (B, Rw)
-                r, r_m = align_responses(lr_l, m_l)  # (B, Rl)
-                trip = triplet_loss(a, a_m, w, w_m, r, r_m, margin=cfg.margin)
-            loss = total_loss(l_dpo, trip, gamma=cfg.gamma)
-
-            metrics = preference_metrics(lr_w.detach(), lr_l.detach(), m_w, m_l, cfg.beta)
-            metrics["loss"] = loss.item()
-            metrics["loss/dpo_w"] = l_dpo.mean().item()
-            metrics["loss/triplet"] = float(trip.item() if isinstance(trip, torch.Tensor) else trip)
-            mf = mask.to(policy_logps.dtype)
-            metrics["logps/chosen"] = (policy_logps[:B] * mf[:B]).sum(-1).mean().item()
-            metrics["logps/rejected"] = (policy_logps[B:] * mf[B:]).sum(-1).mean().item()
-            if kl_w is not None and kl_l is not None:
-                metrics["kl/chosen"] = kl_w.mean().item()
-                metrics["kl/rejected"] = kl_l.mean().item()
-            metrics["weights/entropy"] = weight_entropy(weights, mask).mean().item()
-            if anchor_rows is not None:
-                metrics["anchor/length"] = float(anchor_rows.response_mask.sum(-1).float().mean().item())
-        return loss, metrics
+            terms = loss_terms(cfg, batch, logits, weights, ref_logps, ref_logits, anchors)
+            metrics = step_metrics(terms, batch, weights, cfg.beta, anchors)
+        return terms.loss, metrics
 
     def step(self, step: int) -> dict[str, float]:
         """Run 0-based optimizer step `step` on its own slice of the data; return its metrics (averaged over
@@ -493,7 +370,7 @@ class TIDPOTrainer:
         cfg = self.config
         self.model.train()
         micro = self.order.shard(step, self.rank, self.world, cfg.gradient_accumulation_steps)
-        lr_now = self.scheduler.get_last_lr()[0]
+        learning_rate = self.scheduler.get_last_lr()[0]
         sums: dict[str, float] = {}
         for m, idx in enumerate(micro):
             pairs = [self.train_encoded[i] for i in idx]
@@ -514,7 +391,7 @@ class TIDPOTrainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         metrics = self._reduce(sums)
-        metrics["learning_rate"] = lr_now
+        metrics["learning_rate"] = learning_rate
         return metrics
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
@@ -603,10 +480,10 @@ class TIDPOTrainer:
         sched = self.scheduler
         if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
             return
-        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        sched._last_lr = lrs  # type: ignore[attr-defined]
+        rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        sched._last_lr = rates  # type: ignore[attr-defined]
         log.info("learning-rate schedule re-planned from %s to %d total steps", old_total, self.total_steps)
 
     def _elapsed(self) -> float:
@@ -625,6 +502,8 @@ class TIDPOTrainer:
             "total_steps": self.total_steps,
             **self.extra_run_info,
         }
+        if isinstance(self.weights, FixedWeights):
+            rec["token_weights"] = self.weights.provenance()
         from tiviz import __version__
 
         rec["tiviz_version"] = __version__
@@ -691,12 +570,16 @@ class TIDPOTrainer:
         if self.is_main:
             clear_stop(self.run_dir)
             self._write_run_config()
+            if isinstance(self.weights, FixedWeights):
+                write_table(self.weights.table, self.run_dir / TOKEN_WEIGHTS)
             write_status(self.run_dir, "running", start, self.total_steps)
         acc.wait_for_everyone()
 
         self.setup_reference()
 
         writer = MetricsWriter(self.run_dir / METRICS_FILE) if self.is_main else None
+        if self.trackers:
+            acc.init_trackers(PROJECT, config=hparams(self.config.to_dict()))
         previous_handler = self._install_sigint()
         step = start
         last_saved = start
@@ -707,8 +590,8 @@ class TIDPOTrainer:
                 metrics = self.step(step)
                 step += 1
                 metrics.update(step=step, epoch=step / self.order.steps_per_epoch, elapsed_s=self._elapsed())
-                if writer is not None and (step % self.config.logging_steps == 0 or step == self.total_steps):
-                    writer.write(_ordered(metrics))
+                if step % self.config.logging_steps == 0 or step == self.total_steps:
+                    self._log(writer, _ordered(metrics))
                 stop = self._report(step, "running", metrics) or self._stop_requested()
                 if step < self.total_steps and (stop or (self.config.save_steps and
                                                          step % self.config.save_steps == 0)):
@@ -728,11 +611,8 @@ class TIDPOTrainer:
                 self.save_checkpoint(step)
             eval_metrics: dict[str, float] = {}
             if self.eval_encoded:
-                eval_metrics = evaluate_pairs(
-                    self.policy, self.reference, self.eval_encoded, self.pad_id, beta=self.config.beta,
-                    batch_size=self.config.batch_size, ref_adapter_disabled=self.use_lora)
-                if writer is not None:
-                    writer.write({"step": step, **eval_metrics})
+                eval_metrics = self.evaluate()
+                self._log(writer, {"step": step, **eval_metrics})
             final = None
             if self.is_main:
                 final = self.save_final()
@@ -749,6 +629,23 @@ class TIDPOTrainer:
             raise
         finally:
             self._restore_sigint(previous_handler)
+            if self.trackers:
+                acc.end_training()
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy and mean margin of the eval pairs under the current policy against the reference
+        (`tiviz.training.evaluation`, through `tiviz.scoring`); {} without eval pairs."""
+        if not self.eval_encoded:
+            return {}
+        return evaluate_policy(self.policy, self.ref.model, self.eval_encoded, beta=self.config.beta,
+                               batch_size=self.config.batch_size)
+
+    def _log(self, writer: MetricsWriter | None, record: dict[str, float]) -> None:
+        """One record to `RUN/metrics.jsonl` (main process) and to the trackers (`--report-to`)."""
+        if writer is not None:
+            writer.write(record)
+        if self.trackers:
+            self.accelerator.log(tracker_record(record), step=int(record["step"]))
 
     def _report(self, step: int, state: State, metrics: dict[str, float] | None) -> bool:
         if self.progress is None or not self.is_main:
@@ -824,7 +721,3 @@ def train(
                            should_stop=should_stop, data_info=data_info, extra_run_info=extra_run_info)
     return trainer.train(resume=resume)
 
-
-def steps_per_epoch(n_pairs: int, config: TIDPOConfig, world_size: int = 1) -> int:
-    """Optimizer steps in one pass over `n_pairs` (the last step of an epoch is filled up from its start)."""
-    return math.ceil(n_pairs / (config.batch_size * config.gradient_accumulation_steps * world_size))
