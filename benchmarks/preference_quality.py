@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +304,8 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
             acc["seconds"] = round(time.perf_counter() - t0, 1)
             results["accuracy"][f"{data_name}/{sname}"] = acc
             log.info("%s %s: accuracy %.3f on %d pairs", data_name, sname, acc["accuracy"], acc["n_pairs"])
-            path = tables / f"{data_name}_{sname}_{len(pairs)}_{args.ig_steps}.parquet"
+            tag = zlib.crc32(",".join(methods).encode("utf-8"))
+            path = tables / f"{data_name}_{sname}_{len(pairs)}_{args.ig_steps}_{tag:08x}.parquet"
             t0 = time.perf_counter()
             skipped: dict[str, str] = {}
             if path.is_file():
