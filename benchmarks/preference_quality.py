@@ -213,7 +213,7 @@ def load_scorers(names: list[str], dpo: Path | None, rm: Path | None) -> dict[st
     base), `rm` (the reward model)."""
     from tiviz.scoring import load_scorer
 
-    paths = {"base": "smollm2-135m-instruct", "dpo": str(dpo) if dpo else None, "rm": str(rm) if rm else None}
+    paths = {"base": "smollm2-135m-instruct", "dpo": str(dpo) if dpo else "", "rm": str(rm) if rm else ""}
     return {n: load_scorer(paths[n], dtype="float32") for n in names if paths[n]}
 
 
