@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning. On a CPU shared with other work (a laptop, CI, several users)
-# spinning threads fight each other: measured 8x slower forwards on 2 busy cores (docs/BENCHMARKS.md). Read
-# when torch loads, so it must come first; an explicit setting wins.
+# spinning threads compete with it for the cores (`benchmarks/app_first_heatmap.py --compare-active` measures
+# the difference). Read when torch loads, so it must come first; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only 
 
 import streamlit as st  # noqa: E402
 
-from app.app_pages import pickers  # noqa: E402
+from app.app_pages import pickers, training_view  # noqa: E402
 
 st.set_page_config(page_title="tiviz", page_icon=":material/search:", layout="wide")
 
@@ -34,4 +34,5 @@ pages = st.navigation([
     st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ])
 pickers.sidebar()
+training_view.job_sidebar()
 pages.run()

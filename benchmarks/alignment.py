@@ -1,7 +1,7 @@
 """Alignment effect of the token-weight source: each source against uniform-weight DPO, paired.
 
 Every configuration is our DPO (`dpo` preset: no KL term, no triplet term) with its token weights from one source
-(docs/METHOD.md, weight sources), so the weights are the only difference. For each seed every source trains with
+(docs/TRAINING.md, token-weight sources), so the weights are the only difference. For each seed every source trains with
 the same data order, the same LoRA initialisation and the same reference (the base model, adapter disabled), so the
 per-pair difference against uniform DPO on the same held-out pairs is a paired comparison:
 
@@ -37,7 +37,7 @@ SOURCES = ("uniform", "tidpo", "gradient", "grad_x_input", "random", "gradient@b
 """Weight sources: a `weighting` id (online, from the current policy) or `METHOD@base` (computed once from the
 base model, `--weights-from`); `uniform` is plain DPO, the baseline."""
 DEFAULT = {"sources": "uniform,tidpo,gradient@base", "datasets": "sample,planted", "seeds": "0,1,2",
-           "steps": 4, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
+           "steps": 3, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
            "n_train": 16, "n_test": 16, "planted_n": 64, "lr": 1e-3}
 """Scaled to about 20 minutes on a shared 2-core CPU (a LoRA step of 2 pairs took 25-45 s under load here)."""
 FULL = {"sources": ",".join(SOURCES) + ",attention,integrated_gradients,implicit_reward", "datasets": "sample,planted",

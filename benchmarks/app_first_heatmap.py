@@ -101,14 +101,9 @@ def versions() -> dict[str, str]:
 
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section in the file (or append it), leaving the other sections alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip() + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt != -1 else "")
-    path.write_text(new.rstrip() + "\n", encoding="utf-8")
+    from sections import write_section as write
+
+    write(path, SECTION, text)
 
 
 def measure(model: str, pairs: list, omp_wait_policy: str | None) -> tuple[float, list[float], float]:
@@ -204,8 +199,9 @@ def main() -> int:
         *([f"| peer: same new pairs, OMP_WAIT_POLICY=ACTIVE | median {statistics.median(active):.2f} "
            f"({statistics.median(active) / med:.1f}x the app's setting) |"] if active else []), "",
         "- The app sets OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep) unless the environment says "
-        "otherwise: with torch's default spinning threads and other work on the CPU, every forward slowed "
-        "several-fold." + (" The peer row measures that in this run." if active else ""),
+        "otherwise, because torch's default spinning threads compete with other work on the CPU. "
+        + ("The peer row measures the difference in this run." if active else
+           "Not measured in this run: `--compare-active` adds a peer row that measures it."),
         f"- Machine: {v['machine']}; shared with other jobs while measured (1-minute load average "
         f"{load_before:.1f} before, {load_after:.1f} after), so timings are noisy.",
         f"- Versions: Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, streamlit "

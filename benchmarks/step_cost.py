@@ -44,7 +44,7 @@ VARIANTS = {
     "ours-tidpo-no-triplet": {"preset": "no-triplet"},
     "ours-tidpo-paper": {"preset": "paper"},
     "ours-tidpo-no-triplet-no-kl": {"preset": "no-triplet", "alpha_kl": 0.0},
-    # weight sources (docs/METHOD.md, weight sources): our DPO (no KL, no triplet) with its weights from X
+    # weight sources (docs/TRAINING.md, token-weight sources): our DPO (no KL, no triplet) with its weights from X
     "w-tidpo": {"preset": "dpo", "weighting": "tidpo"},
     "w-gradient": {"preset": "dpo", "weighting": "gradient"},
     "w-grad_x_input": {"preset": "dpo", "weighting": "grad_x_input"},

@@ -12,9 +12,8 @@ from tiviz.testing import tiny_model, tiny_pairs, tiny_tokenizer
 
 @pytest.fixture(autouse=True)
 def _torch_threads(request):
-    """One torch thread for the tiny model (its ops are too small to split: tests/test_attribution.py and
-    test_hybrid.py took 11 s on one thread and 50 s on two on the shared 2-core machine), every core for the real
-    default model."""
+    """One torch thread for the tiny model (its ops are too small to gain from a second thread, which only competes
+    for a shared CPU), every core for the real default model."""
     import torch
 
     torch.set_num_threads((os.cpu_count() or 1) if "smol" in request.fixturenames else 1)

@@ -80,3 +80,33 @@ def test_a_damaged_entry_is_recomputed(tok, pairs, model, tmp_path, calls, caplo
     assert calls == [["gradient"]] and "unreadable" in caplog.text
     same_rows(got, want)
     pd.read_parquet(entry)  # rewritten whole
+
+
+# Another value for every setting that changes only some methods (`tiviz.config.SETTING_SCOPE`).
+OTHER_VALUES = {"n_steps": 4, "ig_tolerance": 0.0, "ig_max_steps": 8, "ig_method": "riemann_trapezoid",
+                "ig_baseline": "zero", "ig_span": "full", "target": "reward", "norm": "l2", "attention_agg": "rollout",
+                "lam": 0.3, "sigma_divisor": 2.0, "span": "full", "weight_scale": "sum1", "beta": 0.5}
+
+
+def test_other_values_cover_every_scoped_setting():
+    from tiviz.config import SETTING_SCOPE
+
+    assert set(OTHER_VALUES) == {k for k, scope in SETTING_SCOPE.items() if scope}
+
+
+@pytest.mark.parametrize("method", ["gradient", "grad_x_input", "integrated_gradients", "attention", "tidpo",
+                                    "implicit_reward"])
+def test_settings_a_method_does_not_depend_on_leave_its_rows_unchanged(tok, pairs, model, method):
+    """The cache key's rule (`result_settings`) is right: what it leaves out of a method's key cannot change
+    that method's rows. With a reference model, so that the reward target and beta are live."""
+    from tiviz.config import result_settings
+    from tiviz.testing import tiny_model
+
+    ref = tiny_model(seed=1)
+    base = attribute(model, pairs[:1], [method], tokenizer=tok, ref_model=ref)
+    left_out = [k for k, v in OTHER_VALUES.items() if not result_settings(method, {k: v})]
+    assert left_out  # every method ignores some settings
+    for name in left_out:
+        same_rows(attribute(model, pairs[:1], [method], tokenizer=tok, ref_model=ref, **{name: OTHER_VALUES[name]}),
+                  base)
+    assert len(left_out) < len(OTHER_VALUES)  # and depends on some

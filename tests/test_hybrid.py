@@ -1,4 +1,4 @@
-"""TI-DPO hybrid weights against hand-computed values (shared/TI-DPO.md section 1)."""
+"""TI-DPO hybrid weights against hand-computed values (TI-DPO Eq. 5-7, docs/METHOD.md §2)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def distribution_changes(before: pd.DataFrame, after: pd.DataFrame, methods: lis
     """
     from scipy.stats import ks_2samp
 
-    from tiviz.viz import concentration
+    from tiviz.analysis import concentration
 
     check_same_tokens(before, after)
     rows = []
@@ -379,9 +379,9 @@ def _common_methods(before: pd.DataFrame, after: pd.DataFrame, methods: list[str
 
 def _relative_weights(table: pd.DataFrame, method: str) -> np.ndarray:
     """weight x T over the response tokens of one method (1 = uniform), NaN dropped."""
-    r = table[(table["method"] == method) & table["in_response"]]
-    n = r.groupby(SEQ)["position"].transform("count")
-    v = (r["weight"] * n).to_numpy(dtype=float)
+    from tiviz.analysis import relative_weight
+
+    v = relative_weight(table[(table["method"] == method) & table["in_response"]]).to_numpy(dtype=float)
     return v[np.isfinite(v)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "target": ("max_logit", "logprob", "reward", "margin"),
     "norm": ("l1", "l2"),
     "ig_baseline": ("pad", "unk", "zero", "mean"),
+    "occlusion_removal": ("pad", "unk", "zero", "mean"),
     "ig_span": ("response", "full"),
     "ig_method": ("gausslegendre", "riemann_trapezoid", "riemann_middle"),
     "attention_agg": ("last_layer", "all_layers", "rollout"),
@@ -29,7 +31,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 @dataclass
 class AttributionConfig:
-    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (shared/TI-DPO.md) and Captum."""
+    """Every knob of `tiviz.attribute`. Defaults follow TI-DPO (docs/METHOD.md §2) and Captum."""
 
     target: str = field(default="logprob", metadata={"help": "what the gradient methods explain: max_logit "
                         "(TI-DPO Eq. 4), logprob (response log-likelihood), reward (implicit reward, needs a "
@@ -47,6 +49,8 @@ class AttributionConfig:
                          "baseline, response (prompt kept) or full"})
     internal_batch_size: int = field(default=32, metadata={"help": "integrated gradients: sequences x steps "
                                      "per forward (bounds memory)"})
+    occlusion_removal: str = field(default="pad", metadata={"help": "occlusion: the embedding that replaces a "
+                                   "removed token (pad, unk, zero or mean; the same removal as `tiviz evaluate`)"})
     attention_agg: str = field(default="last_layer", metadata={"help": "attention: last_layer (mean over heads),"
                                " all_layers (mean over layers and heads), or rollout"})
     lam: float = field(default=0.7, metadata={"help": "tidpo: weight of gradient importance vs the Gaussian "
@@ -94,3 +98,23 @@ class AttributionConfig:
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], "one of " + ", ".join(sorted(known)))
         return cls(**data)
+
+
+# The methods whose result each setting changes; a setting not listed changes every method's result. Batching
+# settings change none (how the work is split, not what it computes: rows agree up to float noise).
+SETTING_SCOPE: dict[str, tuple[str, ...]] = {
+    "batch_size": (), "internal_batch_size": (), "padding_side": (),
+    **dict.fromkeys(("n_steps", "ig_tolerance", "ig_max_steps", "ig_method", "ig_baseline", "ig_span"),
+                    ("integrated_gradients",)),
+    "target": ("gradient", "grad_x_input", "integrated_gradients"),
+    "norm": ("gradient",),
+    "attention_agg": ("attention",),
+    **dict.fromkeys(("lam", "sigma_divisor", "span", "weight_scale"), ("tidpo",)),
+    "beta": ("gradient", "grad_x_input", "integrated_gradients", "implicit_reward"),  # reward targets, rewards
+}
+
+
+def result_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings (AttributionConfig fields) that `method`'s scores depend on: what a cache of one method's
+    result must key on, so that changing another method's knob (or a batch size) reuses it."""
+    return {k: v for k, v in settings.items() if method in SETTING_SCOPE.get(k, (method,))}

@@ -290,14 +290,12 @@ def _provenance_html(table: pd.DataFrame, label: str | None) -> str:
 
 
 def _scores_html(scores: Evaluation | pd.DataFrame, figs: _Figures) -> str:
+    from tiviz.evaluation.run import SCORE_LABELS
     from tiviz.viz import faithfulness_curves_figure, scores_figure
 
     frame = scores if isinstance(scores, pd.DataFrame) else scores.scores
     curves = None if isinstance(scores, pd.DataFrame) else scores.curves
-    heads = [("auprc", "AUPRC"), ("hit_at_k", "hit@k"), ("aopc_deletion", "AOPC deletion"),
-             ("aopc_insertion", "AOPC insertion"), ("comprehensiveness", "comprehensiveness"),
-             ("sufficiency", "sufficiency ↓")]
-    heads = [(c, h) for c, h in heads if c in frame.columns]
+    heads = [(c, h) for c, h in SCORE_LABELS.items() if c in frame.columns]
     th = "".join(f"<th>{escape_text(h)}</th>" for _, h in heads)
     extra = [c for c in ("spearman_mean", "n_sequences") if c in frame.columns]
     th += "".join(f"<th>{escape_text({'spearman_mean': 'mean ρ', 'n_sequences': 'n'}[c])}</th>" for c in extra)
@@ -322,7 +320,8 @@ def _scores_html(scores: Evaluation | pd.DataFrame, figs: _Figures) -> str:
 
 
 def _distributions_html(sel: pd.DataFrame, figs: _Figures, agreement_matrix: Any, method_agreement: Any) -> str:
-    from tiviz.viz import concentration, concentration_figure, distribution_figure, position_profile_figure
+    from tiviz.analysis import concentration
+    from tiviz.viz import concentration_figure, distribution_figure, position_profile_figure
 
     parts = ["<p class='note'>Response tokens only. weight × T (T the response length) is 1 for a uniform "
              "weighting, so responses of different lengths share one scale.</p>",

@@ -1,5 +1,5 @@
 """Pictures of the tidy table: token shading as HTML, and plotly figures (distributions, position profiles,
-method agreement, before vs after).
+method agreement, before vs after). Figures only draw: the summaries they show come from `tiviz.analysis`.
 
 Every function reads the tidy table (`tiviz.table.COLUMNS`) or a summary of it. Every piece of text that
 comes from the table (token text, pair ids, method names) passes through `tiviz.safe_html.escape_text` before it
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from tiviz.analysis import Value, position_profile, table_values, with_relative_position
 from tiviz.errors import TableError
 from tiviz.safe_html import escape_text
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 Scale = Literal["diverging", "sequential"]
-Value = Literal["score", "weight", "relative_weight"]
 DistKind = Literal["histogram", "box", "violin", "ecdf"]
 
 # Colour stops (position in [0, 1], RGB). Diverging: blue for negative, near-white at 0, red for positive
@@ -123,7 +123,7 @@ def shading_range(df: pd.DataFrame, value: Value = "score", *, response_only: bo
     shared by both sides, or by before and after, to compare them."""
     rows = df[df["in_response"]] if response_only else df
     texted = rows[rows["text"].fillna("").astype(str) != ""]
-    vals = _values(rows, value).loc[texted.index].abs() if len(texted) else _values(rows, value).abs()
+    vals = table_values(rows, value).loc[texted.index].abs() if len(texted) else table_values(rows, value).abs()
     vmax = float(vals.max()) if len(vals) and vals.notna().any() else 0.0
     return vmax if math.isfinite(vmax) else 0.0
 
@@ -164,7 +164,7 @@ def shaded_tokens_html(
     if not include_prompt:
         rows = rows[rows["in_response"]]
     method = str(rows["method"].iloc[0]) if len(rows) else ""
-    vals = _values(rows, value).to_numpy(dtype=float)
+    vals = table_values(rows, value).to_numpy(dtype=float)
     if scale is None:
         scale = "diverging" if value == "score" and is_signed(method, vals) else "sequential"
     if vmax is None:
@@ -223,106 +223,6 @@ def legend_html(vmin: float, vmax: float, *, scale: Scale, label: str = "score",
             "</div>")
 
 
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def top_tokens(df: pd.DataFrame, k: int = 10, value: Value = "weight") -> pd.DataFrame:
-    """The k response tokens with the largest |value| per (pair_id, side, method), ranked from 1.
-
-    Columns: pair_id, side, method, rank, position, text, score, weight. Text is raw (escape it before HTML;
-    Streamlit's dataframe shows it as text).
-    """
-    rows = df[df["in_response"]].copy()
-    rows["_abs"] = _values(rows, value).abs()
-    rows = rows.sort_values(["pair_id", "side", "method", "_abs"], ascending=[True, True, True, False])
-    rows["rank"] = rows.groupby(["pair_id", "side", "method"]).cumcount() + 1
-    rows = rows[rows["rank"] <= k]
-    rows["text"] = [t if t else tok for t, tok in zip(rows["text"], rows["token"], strict=True)]
-    return rows[["pair_id", "side", "method", "rank", "position", "text", "score", "weight"]].reset_index(drop=True)
-
-
-def with_relative_position(df: pd.DataFrame) -> pd.DataFrame:
-    """Response rows with `rel_pos` (0 = first response token, 1 = last) and `relative_weight` (weight × T)."""
-    rows = df[df["in_response"]].copy()
-    g = rows.groupby(["pair_id", "side", "method"])["position"]
-    first, n = g.transform("min"), g.transform("count")
-    rows["n_response"] = n
-    rows["rel_pos"] = np.where(n > 1, (rows["position"] - first) / (n - 1).clip(lower=1), 0.5)
-    rows["relative_weight"] = rows["weight"] * n
-    return rows
-
-
-def concentration(df: pd.DataFrame) -> pd.DataFrame:
-    """How concentrated the weights are, per (pair_id, side, method).
-
-    Columns: n_tokens; entropy (Shannon entropy of the weights divided by log T: 1 = uniform, near 0 = one
-    token holds everything); top10_share (the mass held by the top 10 % of tokens, at least one token).
-    """
-    out = []
-    for (pid, side, method), g in df[df["in_response"]].groupby(["pair_id", "side", "method"], sort=True):
-        w = g["weight"].to_numpy(dtype=float)
-        w = w[np.isfinite(w)]
-        n = len(w)
-        if n == 0 or w.sum() <= 0:
-            ent, top = np.nan, np.nan
-        else:
-            p = w / w.sum()
-            nz = p[p > 0]
-            ent = float(-(nz * np.log(nz)).sum() / math.log(n)) if n > 1 else 1.0
-            k = max(1, math.ceil(0.1 * n))
-            top = float(np.sort(p)[::-1][:k].sum())
-        out.append({"pair_id": pid, "side": side, "method": method, "n_tokens": n, "entropy": ent,
-                    "top10_share": top})
-    return pd.DataFrame(out, columns=["pair_id", "side", "method", "n_tokens", "entropy", "top10_share"])
-
-
-def position_profile(df: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
-    """Mean relative weight (weight × T, 1 = uniform) by relative position in the response, per method and side.
-
-    Args:
-        bins: number of equal-width bins over [0, 1] (10 to 20 reads well).
-    Returns:
-        columns method, side, bin, center (bin centre in [0, 1]), mean_weight, n (tokens in the bin).
-    """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    rows = with_relative_position(df)
-    rows["bin"] = np.minimum((rows["rel_pos"] * bins).astype(int), bins - 1)
-    prof = (rows.groupby(["method", "side", "bin"], sort=True)["relative_weight"]
-            .agg(mean_weight="mean", n="count").reset_index())
-    prof["center"] = (prof["bin"] + 0.5) / bins
-    return prof[["method", "side", "bin", "center", "mean_weight", "n"]]
-
-
-def convergence_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Integrated gradients' completeness per (pair_id, side): f(x), the convergence delta, and the delta
-    relative to |f(x) - f(baseline)| (recovered as sum(scores) - delta, since delta = sum - (f(x) - f(b)))."""
-    ig = df[df["method"] == "integrated_gradients"]
-    if ig.empty:
-        return pd.DataFrame(columns=["pair_id", "side", "f_x", "f_x_minus_f_baseline", "delta", "relative_delta"])
-    g = ig.groupby(["pair_id", "side"], sort=True).agg(
-        f_x=("target_value", "first"), total=("score", "sum"), delta=("convergence_delta", "first"))
-    g["f_x_minus_f_baseline"] = g["total"] - g["delta"]
-    g["relative_delta"] = g["delta"].abs() / g["f_x_minus_f_baseline"].abs().where(g["f_x_minus_f_baseline"] != 0)
-    return g.reset_index()[["pair_id", "side", "f_x", "f_x_minus_f_baseline", "delta", "relative_delta"]]
-
-
-def weight_difference(before: pd.DataFrame, after: pd.DataFrame, value: Value = "weight") -> pd.DataFrame:
-    """Rows of `after` with `score` replaced by after - before (same pair, side, position, method) and weight by
-    the same difference, ready for `shaded_tokens_html(..., scale="diverging")`; method gets a `_change` suffix."""
-    key = ["pair_id", "side", "position", "method"]
-    b = before.set_index(key)
-    a = after.set_index(key)
-    common = a.index.intersection(b.index)
-    diff = a.loc[common].copy()
-    d = _values(a.loc[common], value) - _values(b.loc[common], value)
-    diff["score"] = d.to_numpy()
-    diff["weight"] = d.to_numpy()
-    out = diff.reset_index()
-    out["method"] = out["method"].astype(str) + "_change"
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- figures
 
 
@@ -341,7 +241,7 @@ def distribution_figure(df: pd.DataFrame, kind: DistKind = "histogram", value: V
     from plotly.subplots import make_subplots
 
     rows = with_relative_position(df)
-    rows["_v"] = _values(rows, value)
+    rows["_v"] = table_values(rows, value)
     methods = list(dict.fromkeys(rows["method"]))
     label = VALUE_LABELS[value]
     if kind in ("box", "violin"):
@@ -452,7 +352,7 @@ def before_after_figure(before: pd.DataFrame, after: pd.DataFrame, kind: Literal
     colours = ("#7f7f7f", "#d62728")
     tables = [with_relative_position(df) for df in (before, after)]
     for t in tables:
-        t["_v"] = _values(t, value)
+        t["_v"] = table_values(t, value)
     view = _view_range(np.concatenate([t["_v"].to_numpy(dtype=float) for t in tables]))
     for i, (rows, name) in enumerate(zip(tables, labels, strict=True)):
         for col, side in enumerate(("chosen", "rejected"), start=1):
@@ -515,12 +415,11 @@ def scores_figure(frame: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    titles = {"auprc": "AUPRC", "hit_at_k": "hit@k", "aopc_deletion": "AOPC deletion",
-              "aopc_insertion": "AOPC insertion", "comprehensiveness": "comprehensiveness",
-              "sufficiency": "sufficiency (lower is better)"}
+    from tiviz.evaluation.run import SCORE_LABELS
+
     cols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[titles[c] for c in columns],
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[SCORE_LABELS[c] for c in columns],
                         horizontal_spacing=0.07, vertical_spacing=0.3)
     methods = [escape_text(m) for m in frame["method"]]
     for i, c in enumerate(columns, start=1):
@@ -573,19 +472,6 @@ def histogram_figure(values: Sequence[float] | np.ndarray | pd.Series, label: st
 
 
 # ---------------------------------------------------------------------------------------------- internals
-
-
-def _values(rows: pd.DataFrame, value: Value) -> pd.Series:
-    if value == "score":
-        return rows["score"].astype(float)
-    if value == "weight":
-        return rows["weight"].astype(float)
-    if value == "relative_weight":
-        if "relative_weight" in rows.columns:
-            return rows["relative_weight"].astype(float)
-        n = rows.groupby(["pair_id", "side", "method"])["position"].transform("count")
-        return rows["weight"].astype(float) * n
-    raise ValueError(f"unknown value {value!r}; allowed: score, weight, relative_weight")
 
 
 def _check_one(df_side: pd.DataFrame) -> None:

@@ -12,7 +12,7 @@ import streamlit as st
 from app import state
 from app.app_pages.long_work import attribution, scores
 from app.app_pages.pair_view import show_pair
-from tiviz import viz
+from tiviz import analysis, viz
 from tiviz.scoring import margin_summary
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -40,7 +40,7 @@ def show_agreement(table: pd.DataFrame, methods: Sequence[str]) -> None:
 
 def show_convergence(table: pd.DataFrame) -> None:
     """Integrated gradients' completeness check, shown rather than hidden."""
-    conv = viz.convergence_summary(table)
+    conv = analysis.convergence_summary(table)
     if conv.empty:
         return
     worst = float(conv["relative_delta"].max())
@@ -69,7 +69,7 @@ def show_distributions(table: pd.DataFrame, kind: str, value: str, bins: int) ->
     """The weights' distribution per method and side, how concentrated they are, and where they sit."""
     st.plotly_chart(viz.distribution_figure(table, kind, value), key="dist_figure")  # type: ignore[arg-type]
     st.subheader("How concentrated are the weights?")
-    summary = viz.concentration(table)
+    summary = analysis.concentration(table)
     st.plotly_chart(viz.concentration_figure(summary), key="dist_concentration")
     with st.expander("Means per method and side", expanded=True):
         means = summary.groupby(["method", "side"])[["entropy", "top10_share"]].mean().reset_index()
@@ -99,7 +99,7 @@ def show_before_after_pair(run: state.ModelChoice, base: state.ModelChoice, data
     st.markdown("**After** (trained run)")
     show_pair(after, pair_id, method, value, vmax=vmax, caption=" · after")
     st.markdown("**Change** (after − before; red: more weight after)")
-    diff = viz.weight_difference(before, after, value)  # type: ignore[arg-type]
+    diff = analysis.weight_difference(before, after, value)  # type: ignore[arg-type]
     show_pair(diff, pair_id, f"{method}_change", "score", scale="diverging", caption="")
     st.markdown(f"**Per-token implicit reward** β (log π − log π_ref), π_ref the run's base model {state.md_literal(run.base)}")
     st.caption("What training changed, token by token: red tokens became more likely under the run, blue less. "

@@ -13,8 +13,8 @@ left, mid, right = st.columns([1, 3, 1])
 with left:
     n = st.number_input("Pairs", 1, len(dataset.pairs), min(pickers.DatasetSelection().n, len(dataset.pairs)),
                         key=pickers.kept("dist_n"),
-                        help="The first N pairs of the dataset. Gradient methods cost about 0.5–1 s per pair on "
-                             "the real model on a CPU.")
+                        help="The first N pairs of the dataset. Gradient methods took 0.8 to 1.0 s per pair on "
+                             "the default model on a 2-core CPU (docs/BENCHMARKS.md).")
 with mid:
     methods = pickers.methods_multiselect("dist_methods", reference=False,
                                           default=pickers.DatasetSelection().methods)

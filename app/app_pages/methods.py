@@ -21,8 +21,9 @@ with right:
     value = st.radio("Shade by", ["score", "weight"], key=pickers.kept("methods_value"), horizontal=True)
 pickers.offer_pair_selection(methods, n_steps)
 if "integrated_gradients" in methods:
-    st.caption("Integrated gradients run the model once per step: about 10 s per pair on the real model on a "
-               "CPU. Results are cached, so coming back is instant.")
+    st.caption("Integrated gradients run the model once per step: 29 s per pair of 113 tokens, 57 s per sample "
+               "pair, on the default model on a 2-core CPU (docs/BENCHMARKS.md). Results are cached, so coming "
+               "back is instant.")
 if not methods:
     st.info("Pick at least one method.")
     st.stop()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.app_pages.pickers import kept
-from tiviz import viz
+from tiviz import analysis, viz
 from tiviz.data import PreferencePair
 
 VALUE_HELP = {"score": "the method's raw score (signed methods: blue lowers, red raises the target)",
@@ -58,7 +58,7 @@ def show_scores(row: pd.Series, *, reference: bool) -> None:
 def show_top_k(df: pd.DataFrame, key: str, default_k: int = 10) -> None:
     """A sortable table of the most important response tokens of each side (click a header to sort)."""
     k = st.slider("Top-k tokens", 3, 30, default_k, key=kept(f"{key}_k"))
-    top = viz.top_tokens(df, k=k)
+    top = analysis.top_tokens(df, k=k)
     drop = ["pair_id"] + (["method"] if top["method"].nunique() == 1 else [])
     st.dataframe(top.drop(columns=drop), hide_index=True, key=f"{key}_table",
                  column_config={"score": st.column_config.NumberColumn(format="%.4g"),

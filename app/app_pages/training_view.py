@@ -10,14 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs, state
-from app.app_pages.pickers import AFTER_RUN, finished_runs, job_manager
+from app.app_pages.pickers import AFTER_RUN, damaged_runs, finished_runs, job_manager
 from tiviz import viz
 from tiviz.errors import TivizError
 
 
 def train_form(dataset: state.Dataset) -> None:
     """Preset plus the main knobs; Start launches `tiviz train` as a separate process."""
-    from tiviz.training.config import PRESET_HELP, config_from_preset, list_presets
+    from tiviz.training.config import PRESET_HELP, config_from_preset, list_presets, weighting_choices
 
     preset = st.selectbox("Preset", list_presets(), key="train_preset", format_func=lambda p: f"{p}: {PRESET_HELP[p]}")
     base = config_from_preset(preset)
@@ -37,11 +37,26 @@ def train_form(dataset: state.Dataset) -> None:
                                        key=f"train_maxlen_{preset}")
         name = c[3].text_input("Run name", placeholder="automatic", key="train_name",
                                help="Letters, digits, '.', '_' and '-'; the run is saved in the runs folder")
+        c = st.columns(4)
+        choices = list(weighting_choices())
+        weighting = c[0].selectbox("Token weights from", choices, index=choices.index(base.weighting),
+                                   key=f"train_weighting_{preset}",
+                                   help="An attribution method, uniform (DPO) or random; through the hybrid step")
+        target = c[1].selectbox("Target (gradient methods)", ["max_logit", "logprob", "margin", "reward"],
+                                key=f"train_wtarget_{preset}")
+        weights_from = c[2].text_input("Weights from (run folder or model)", placeholder="online: the policy",
+                                       key="train_weights_from",
+                                       help="Compute the weights once with this scorer instead of at every step")
+        lora = c[3].checkbox("LoRA (r 16)", value=base.use_lora, key=f"train_lora_{preset}",
+                             help="Train a small adapter instead of every weight: much faster steps on a CPU")
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         overrides = {"batch_size": int(batch_size), "learning_rate": float(lr), "beta": float(beta),
                      "lam": float(lam), "gamma": float(gamma), "max_length": int(max_length),
-                     "max_prompt_length": int(max_length) // 2, "logging_steps": 1}
+                     "max_prompt_length": int(max_length) // 2, "logging_steps": 1, "weighting": weighting,
+                     "weighting_target": target, "use_lora": bool(lora)}
+        if weights_from.strip():
+            overrides["weights_from"] = weights_from.strip()
         start_training(dataset, preset, int(max_steps), overrides, name.strip())
 
 
@@ -60,7 +75,7 @@ def start_training(dataset: state.Dataset, preset: str, max_steps: int, override
         req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.training_model_arg(), preset=preset,
                                 out=out, max_steps=max_steps, overrides=overrides)
         job_manager().start(state.session_id(), req)
-        st.success(f"Started {run_name}.")
+        st.success(f"Started {state.md_literal(run_name)}.")
     except TivizError as err:
         st.session_state["_train_error"] = state.describe_error(err)
         st.error(st.session_state["_train_error"])
@@ -88,12 +103,28 @@ def _live_job() -> None:
         st.rerun()  # the job ended: redraw the page, with the runs list, once (and stop refreshing)
 
 
+def job_sidebar() -> None:
+    """This session's running job on every page: its progress and Cancel (`JobManager.cancel`)."""
+    job = job_manager().job_of(state.session_id())
+    if job is None or not job.alive():
+        return
+    status = job.status()
+    with st.sidebar:
+        st.text(f"Training {job.name}: {status.get('state')}, step {status.get('step') or 0} of "
+                f"{status.get('total_steps') or '?'}")
+        if st.button("Cancel training", key="sidebar_cancel", disabled=job.stop_requested is not None):
+            job_manager().cancel(state.session_id())
+            st.rerun()
+
+
 def _job_view(job: jobs.Job) -> None:
     """Progress, the loss / reward-margin / accuracy charts, Cancel while it runs, the outcome after."""
     status = job.status()
+    if job.adopted:
+        st.caption("This job was started before the app restarted; any session may cancel it.")
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     frac = min(step / total, 1.0) if total else 0.0
-    st.progress(frac, text=f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}")
+    st.progress(frac, text=state.md_literal(f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}"))
     metrics = job.metrics()
     if len(metrics):
         cols = st.columns(3)
@@ -104,22 +135,25 @@ def _job_view(job: jobs.Job) -> None:
         st.caption("Waiting for the first logged step…")
     if job.alive():
         if st.button("Cancel training", key="train_cancel", disabled=job.stop_requested is not None):
-            how = job.request_cancel()
+            how = job_manager().cancel(state.session_id())
             st.info("Asked the trainer to stop: it saves a checkpoint after this step and exits."
                     if how == "request" else "Training process terminated.")
     elif status.get("state") == "finished" and status.get("returncode") == 0:
-        st.success(f"{job.name} finished: compare it on the Before / after page.")
+        st.success(f"{state.md_literal(job.name)} finished: compare it on the Before / after page.")
     else:
-        st.warning(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')}).")
+        st.warning(state.md_literal(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')})."))
     with st.expander("Trainer log"):
         st.code(job.log_tail() or "(empty)", language=None)
 
 
 def runs_table() -> None:
-    """The finished runs, and a button that opens one on the Before / after page."""
+    """The finished runs, and a button that opens one on the Before / after page; damaged runs with why."""
+    for r in damaged_runs():
+        st.warning("A run's saved model is damaged and cannot be loaded:")
+        st.code(r.problem, language=None)
     runs = finished_runs()
     if not runs:
-        st.caption(f"No finished runs in {state.runs_dir()} yet.")
+        st.caption(f"No finished runs in {state.md_literal(state.runs_dir())} yet.")
         return
     import datetime as dt
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from apptools import plotly_array, plotly_specs
 
-from tiviz import viz
+from tiviz import analysis
 
 
 @pytest.fixture()
@@ -50,12 +50,12 @@ def test_concentration_and_profile_match_the_library(dist_page):
     methods = at.multiselect(key="dist_methods").value
     table = attribute(tiny_model(seed=0), load_pairs("sample_data/train.jsonl")[:3], methods,
                       tokenizer=tiny_tokenizer())
-    expected = viz.concentration(table).groupby(["method", "side"])[["entropy", "top10_share"]].mean()
+    expected = analysis.concentration(table).groupby(["method", "side"])[["entropy", "top10_share"]].mean()
     shown = at.dataframe[0].value.set_index(["method", "side"])
     for idx, row in expected.iterrows():
         assert shown.loc[idx, "entropy"] == pytest.approx(row["entropy"], rel=1e-6)
         assert shown.loc[idx, "top10_share"] == pytest.approx(row["top10_share"], rel=1e-6)
-    prof = viz.position_profile(table, bins=10)
+    prof = analysis.position_profile(table, bins=10)
     spec = plotly_specs(at)[2]
     tidpo_chosen = next(t for t in spec["data"] if t.get("name") == "tidpo · chosen")
     want = prof[(prof.method == "tidpo") & (prof.side == "chosen")]["mean_weight"].tolist()

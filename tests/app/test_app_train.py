@@ -51,6 +51,20 @@ def jobs_cleanup():
     pickers.job_manager().shutdown()
 
 
+def test_the_form_passes_weight_source_and_lora_to_the_trainer(new_app, app_env, jobs_cleanup):
+    at = train_page(new_app)
+    at.selectbox(key="train_weighting_paper").set_value("grad_x_input")
+    at.selectbox(key="train_wtarget_paper").set_value("logprob")
+    at.checkbox(key="train_lora_paper").check()
+    submit(at, "w-run", steps=2)
+    assert not at.error, [e.value for e in at.error]
+    run = app_env / "w-run"
+    wait_for(at, lambda _: (run / "config.json").exists())
+    tidpo = json.loads((run / "config.json").read_text())["tidpo"]
+    assert tidpo["weighting"] == "grad_x_input" and tidpo["weighting_target"] == "logprob"
+    assert tidpo["use_lora"] is True and tidpo["weights_from"] is None
+
+
 def test_bad_run_name_is_refused(new_app, app_env):
     at = train_page(new_app)
     submit(at, "../outside")

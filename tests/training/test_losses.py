@@ -1,4 +1,4 @@
-"""Hand-computed values and properties of the TI-DPO loss functions (docs/METHOD.md: the weighted DPO term, the triplet term, the objective)."""
+"""Hand-computed values and properties of the TI-DPO loss functions (docs/METHOD.md §3 to §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token-weight sources (docs/METHOD.md, weight sources): every attribution method, uniform and random, online;
+"""Token-weight sources (docs/TRAINING.md, token-weight sources): every attribution method, uniform and random, online;
 weights finite, non-negative, mean 1 on the span, unchanged when recomputed from the same policy."""
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from tiviz.attribution.gradient import grad_x_input, gradient_norm, shared_embed
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
 from tiviz.attribution.methods import METHODS, resolve_methods
+from tiviz.attribution.occlusion import occlusion_for_target
 from tiviz.attribution.targets import target_positions, target_value_at, token_logps
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
@@ -184,6 +185,10 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
             out[m] = (s, fx, delta)
         elif m == "attention":
             out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
+        elif m == "occlusion":
+            s, v = occlusion_for_target(model, tokenizer, batch, cfg.target, sign, ref_model=ref_model,
+                                        beta=cfg.beta, removal=cfg.occlusion_removal)
+            out[m] = (s, v, None)
         elif m == "implicit_reward":
             assert ref_tok is not None
             with torch.inference_mode():
@@ -277,5 +282,5 @@ def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[st
                   ref_model: Any | None = None) -> dict[str, torch.Tensor]:
     """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
     `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
-    its token weights from any method (docs/METHOD.md, weight sources)."""
+    its token weights from any method (docs/TRAINING.md, token-weight sources)."""
     return {m: s for m, (s, _, _) in _score_batch(model, tokenizer, batch, list(methods), config, ref_model).items()}

@@ -1,4 +1,4 @@
-"""TI-DPO's hybrid token weights as pure tensor functions (shared/TI-DPO.md, section 1).
+"""TI-DPO's hybrid token weights as pure tensor functions (TI-DPO Eq. 5-7, docs/METHOD.md §2).
 
 Everything takes a `span_mask` (B, T) of the tokens being weighted, so left and right padding, prompt tokens and
 padding are handled by the caller's mask alone. Outside the span every weight is 0.

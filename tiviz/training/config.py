@@ -1,6 +1,6 @@
 """TI-DPO training settings: one dataclass, validated on creation, whose field help drives the CLI flags.
 
-Defaults are the paper's values (docs/METHOD.md, objective and defaults); where the paper gives none, TRL's `DPOConfig`
+Defaults are the paper's values (docs/METHOD.md §5); where the paper gives none, TRL's `DPOConfig`
 defaults. Named presets reproduce the authors' shipped config, the DPO / TDPO baselines and the paper's ablations:
 
     cfg = config_from_preset("authors-code", max_steps=100)
@@ -61,15 +61,15 @@ _FLOATS = (
 
 @dataclass
 class TIDPOConfig:
-    """Every knob of TI-DPO training. Defaults follow the paper (docs/METHOD.md, objective and defaults)."""
+    """Every knob of TI-DPO training. Defaults follow the paper (docs/METHOD.md §5)."""
 
-    # Preference loss (docs/METHOD.md, the weighted DPO term)
+    # Preference loss (docs/METHOD.md §3)
     beta: float = field(default=0.1, metadata={"help": "implicit-reward scale beta of the DPO term (> 0)"})
     alpha_kl: float = field(
         default=0.5,
         metadata={"help": "weight of TDPO2's sequential-KL term (>= 0); 0 gives plain weighted DPO"},
     )
-    # Token weights (docs/METHOD.md, token weights)
+    # Token weights (TI-DPO Eq. 4-7, docs/METHOD.md §2)
     weighting: str = field(
         default="tidpo",
         metadata={
@@ -117,7 +117,7 @@ class TIDPOConfig:
         default="mean1",
         metadata={"help": "rescale weights to mean 1 over the span (keeps beta's meaning) or to sum 1"},
     )
-    # Triplet term (docs/METHOD.md, the triplet term)
+    # Triplet term (docs/METHOD.md §4)
     gamma: float = field(default=0.1, metadata={"help": "weight of the triplet term (>= 0); 0 turns it off"})
     margin: float = field(default=0.001, metadata={"help": "triplet margin (>= 0)"})
     anchor_top_k: int = field(default=50, metadata={"help": "anchor sampling: top-k (0 = off)"})
@@ -295,7 +295,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Named settings, as overrides of the paper defaults."""
 
 PRESET_HELP: dict[str, str] = {
-    "paper": "the paper's hyperparameters (docs/METHOD.md, objective and defaults)",
+    "paper": "the paper's hyperparameters (docs/METHOD.md §5)",
     "authors-code": "the authors' shipped demo config: beta 0.2, lambda 0.2, sigma T/8, gamma 0.001, full span, "
     "RMSprop 5e-6 with 150 warm-up steps, 256/128 tokens",
     "dpo": "standard DPO baseline: uniform weights, no KL term, no triplet",

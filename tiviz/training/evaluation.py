@@ -1,5 +1,5 @@
 """Held-out evaluation of a training run through the one scoring path (`tiviz.scoring.score_pairs`): preference
-accuracy and mean implicit-reward margin under TRL-style `eval/` names (docs/METHOD.md, the implicit reward).
+accuracy and mean implicit-reward margin under TRL-style `eval/` names (docs/METHOD.md §3).
 
 The margin of a pair is `beta * (sum log_ratio^w - sum log_ratio^l)` (unweighted, DPO's implicit reward);
 accuracy is the share of pairs with margin > 0 (ties, e.g. before any training, count as wrong).

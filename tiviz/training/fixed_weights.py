@@ -1,4 +1,4 @@
-"""Token weights from a fixed scorer, computed once for the whole training set (docs/METHOD.md, weight sources):
+"""Token weights from a fixed scorer, computed once for the whole training set (docs/TRAINING.md, token-weight sources):
 the TIS-DPO idea with tiviz's attribution methods, at no per-step cost.
 
 `--weights-from DIR` names the scorer: a finished tiviz run (its `final/` model, with the run's base model as the

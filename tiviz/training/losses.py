@@ -1,4 +1,4 @@
-"""TI-DPO's loss as pure tensor functions (docs/METHOD.md: the weighted DPO term, the triplet term, the objective).
+"""TI-DPO's loss as pure tensor functions (docs/METHOD.md §3 to §5).
 
 Every function takes its masks explicitly, so padding side and the prompt/response split are the caller's business.
 Per-token tensors are aligned with `input_ids` as in `tiviz.attribution.targets.token_logps`: entry t belongs to
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 def token_log_ratios(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-token log-ratio of policy to reference on the response tokens (docs/METHOD.md, the weighted DPO term).
+    """Per-token log-ratio of policy to reference on the response tokens (docs/METHOD.md §3).
 
     `log_ratio_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)`, 0 outside the mask.
 
@@ -48,7 +48,7 @@ def weighted_dpo_delta(
     mask_chosen: torch.Tensor,
     mask_rejected: torch.Tensor,
 ) -> torch.Tensor:
-    """Token-weighted implicit-reward difference of a pair (docs/METHOD.md, the weighted DPO term).
+    """Token-weighted implicit-reward difference of a pair (docs/METHOD.md §3).
 
     `Delta = sum_t W^w_t log_ratio^w_t - sum_t W^l_t log_ratio^l_t`: plain sums, no length normalisation. With all weights 1
     this is DPO's `(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))`.
@@ -73,7 +73,7 @@ def weighted_dpo_delta(
 def sequential_kl(
     policy_logits: torch.Tensor, ref_logits: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """TDPO's sequential KL of a response, over the full vocabulary (docs/METHOD.md, the weighted DPO term, TDPO2's SeqKL).
+    """TDPO's sequential KL of a response, over the full vocabulary (docs/METHOD.md §3, TDPO2's SeqKL).
 
     `SeqKL = sum_{t in response} KL(pi_ref(. | x, y_<t) || pi(. | x, y_<t))`
            `= sum_t sum_v p_ref(v) (log p_ref(v) - log p(v))`,
@@ -102,7 +102,7 @@ def tidpo_dpo_loss(
     beta: float = 0.1,
     alpha_kl: float = 0.5,
 ) -> torch.Tensor:
-    """Per-pair TI-DPO preference loss with TDPO2's sequential-KL term (docs/METHOD.md, the weighted DPO term).
+    """Per-pair TI-DPO preference loss with TDPO2's sequential-KL term (docs/METHOD.md §3).
 
     `L_w = -log sigmoid(beta * (Delta - alpha_kl * (SeqKL_l - stopgrad(SeqKL_w))))`.
     alpha_kl = 0 gives plain (weighted) DPO, `-log sigmoid(beta * Delta)`, TRL's `loss_type="sigmoid"`.
@@ -170,7 +170,7 @@ def triplet_loss(
     *,
     margin: float = 0.001,
 ) -> torch.Tensor:
-    """Triplet term pulling the anchor's log-ratio vector toward the chosen one (docs/METHOD.md, the triplet term).
+    """Triplet term pulling the anchor's log-ratio vector toward the chosen one (docs/METHOD.md §4).
 
     `d_pos = sum_t (a_t - w_t)^2`, `d_neg = sum_t (a_t - l_t)^2`, each over the positions valid in both
     sequences; `L_trip = mean_b relu(d_pos - d_neg + margin)`. No importance weights enter this term.
@@ -196,7 +196,7 @@ def triplet_loss(
 
 
 def total_loss(dpo_loss: torch.Tensor, triplet: torch.Tensor | float, gamma: float = 0.1) -> torch.Tensor:
-    """The TI-DPO objective `L = L_w + gamma * L_trip` (docs/METHOD.md, objective and defaults).
+    """The TI-DPO objective `L = L_w + gamma * L_trip` (docs/METHOD.md §5).
 
     Args:
         dpo_loss: (B,) per-pair `tidpo_dpo_loss`, averaged over the batch here, or an already reduced ().

@@ -1,4 +1,4 @@
-"""The frozen reference pi_ref of a training run (docs/METHOD.md, the loss): a separate copy of the starting model,
+"""The frozen reference pi_ref of a training run (docs/METHOD.md §3): a separate copy of the starting model,
 or the LoRA policy with its adapter disabled; optionally its log-probs of every training pair computed once.
 
     ref = Reference(model=reference_copy(...), policy=lambda: trainer.policy, autocast=acc.autocast)

@@ -1,4 +1,4 @@
-"""One micro-batch of TI-DPO as named pieces (docs/METHOD.md, the loss): the loss terms from the policy's and the
+"""One micro-batch of TI-DPO as named pieces (docs/METHOD.md §3): the loss terms from the policy's and the
 reference's outputs, the triplet term, and the metrics logged under TRL's names plus ours.
 
     terms = loss_terms(cfg, batch, logits, weights, ref_logps, ref_logits, anchors)
@@ -53,7 +53,7 @@ class LossTerms:
 
 def triplet_term(anchors: Anchors, log_ratio_w: torch.Tensor, mask_w: torch.Tensor, log_ratio_l: torch.Tensor,
                  mask_l: torch.Tensor, margin: float) -> torch.Tensor:
-    """The triplet loss on response-aligned log-ratios of anchor, chosen and rejected (docs/METHOD.md, the triplet term)."""
+    """The triplet loss on response-aligned log-ratios of anchor, chosen and rejected (docs/METHOD.md §4)."""
     a_ratio = token_log_ratios(token_logps(anchors.logits, anchors.rows.input_ids), anchors.ref_logps,
                                anchors.rows.response_mask)  # (B, La)
     a, a_m = align_responses(a_ratio, anchors.rows.response_mask)  # (B, Ra)
@@ -66,7 +66,7 @@ def loss_terms(cfg: TIDPOConfig, batch: Batch, logits: torch.Tensor, weights: to
                ref_logps: torch.Tensor, ref_logits: torch.Tensor | None = None,
                anchors: Anchors | None = None) -> LossTerms:
     """Weighted DPO with TDPO2's sequential KL, plus gamma times the triplet term
-    (docs/METHOD.md, the token-weighted DPO term and the objective).
+    (docs/METHOD.md §3, §5).
 
     Args:
         cfg: beta, alpha_kl, gamma and margin are read.

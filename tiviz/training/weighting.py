@@ -1,4 +1,4 @@
-"""Where each training step's token weights come from (docs/METHOD.md, weight sources).
+"""Where each training step's token weights come from (docs/TRAINING.md, token-weight sources).
 
 Any attribution method of the registry (`tiviz.attribution.methods.METHODS`), `uniform` or `random` gives a raw
 per-token importance; every importance then goes through the paper's hybrid step (TI-DPO Eq. 5-7: normalised over
@@ -64,7 +64,7 @@ def gradient_importance(cfg: TIDPOConfig, grad: torch.Tensor, emb: torch.Tensor)
 
 
 class OnlineWeights:
-    """Token weights recomputed from the current policy at each step (docs/METHOD.md, weight sources).
+    """Token weights recomputed from the current policy at each step (docs/TRAINING.md, token-weight sources).
 
     Args:
         cfg: weighting, weighting_target, weighting_sign and the hybrid settings are read.

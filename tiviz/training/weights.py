@@ -4,7 +4,7 @@ All weights are constants in the loss (detached), 0 outside the response, and fo
 they are normalised ("response", the paper; "full" = prompt + response, the authors' code) and
 `config.weight_scale` for their scale (mean 1 or sum 1 over that span).
 
-    W = tidpo_weights(policy, batch, cfg)                      # (B, L), docs/METHOD.md, token weights, one fwd + bwd
+    W = tidpo_weights(policy, batch, cfg)                      # (B, L), TI-DPO Eq. 4-7, one fwd + bwd
     W = weights_from_gradients(grad, batch, cfg)               # the same from an embedding gradient in hand
     W = uniform_weights(batch.response_mask)                   # (B, L) ones on the response (DPO)
     W = random_weights(batch, seeds, cfg)                      # (B, L) seeded, positive, mean 1 (ablation)
