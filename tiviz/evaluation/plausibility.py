@@ -34,10 +34,21 @@ def rationale_labels(char_spans: Sequence[tuple[int, int]] | np.ndarray, text: s
         text: the response text.
         rationales: the annotated substrings of `text`.
     """
-    spans = np.asarray(char_spans, dtype=np.int64).reshape(-1, 2)
-    labels = np.zeros(len(spans), dtype=bool)
-    for s, e in rationale_spans(text, rationales):
-        labels |= (spans[:, 0] < spans[:, 1]) & (spans[:, 0] < e) & (s < spans[:, 1])
+    return span_labels(char_spans, rationale_spans(text, rationales))
+
+
+def span_labels(char_spans: Sequence[tuple[int, int]] | np.ndarray,
+                spans: Iterable[tuple[int, int]]) -> np.ndarray:
+    """(n,) bool: token i is positive if its span [a, b), a < b, overlaps one of `spans` [s, e): a < e and s < b.
+
+    Args:
+        char_spans: (n, 2) token character spans (the table's char_start, char_end).
+        spans: the marked character ranges of the same text (e.g. a planted cue's known offsets).
+    """
+    tokens = np.asarray(char_spans, dtype=np.int64).reshape(-1, 2)
+    labels = np.zeros(len(tokens), dtype=bool)
+    for s, e in spans:
+        labels |= (tokens[:, 0] < tokens[:, 1]) & (tokens[:, 0] < e) & (s < tokens[:, 1])
     return labels
 
 

@@ -1,0 +1,361 @@
+"""Preference quality: do the attribution methods find the tokens that decide a scorer's preference?
+
+On planted-cue pairs (`tiviz.planted`: long responses identical but for a deciding cue and a label-independent
+distractor) the answer is known. The script
+  1. writes the planted pairs (train / test) unless present,
+  2. trains two scorers on the train split, reusing them when present: a DPO LoRA policy with tiviz's own trainer
+     (scored as its implicit reward against the adapter-free base) and a reward model with TRL's
+     `RewardTrainer` (LoRA, merged and saved as safetensors); the base model's likelihood is the third scorer,
+  3. reports each scorer's test accuracy (share of pairs whose margin chosen - rejected is > 0),
+  4. attributes the test pairs with every method for every scorer and scores how well each ranks the cue's tokens
+     above all others, the distractor's included: rationale AUPRC with the cue as positives beside a random
+     ranking's, and the share of pairs whose best cue token outranks the best distractor token,
+  5. does the same on `sample_data/test.jsonl` (annotated rationales; no distractor there).
+
+Sized for a 2-core CPU (docs/EVALUATION.md gives the measured times); every size is a flag:
+
+    .venv/bin/python benchmarks/preference_quality.py                       # train (once) and score, ~25 min
+    .venv/bin/python benchmarks/preference_quality.py --test-pairs 8 --sample-pairs 8 --ig-steps 4   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("preference_quality")
+METHODS = ("gradient", "grad_x_input", "integrated_gradients", "attention", "tidpo", "token_score", "occlusion")
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_dpo(pairs_file: Path, run_dir: Path, args: argparse.Namespace) -> Path:
+    """A DPO LoRA policy trained by tiviz's trainer; returns its run folder (reused when `final/` exists)."""
+    if (run_dir / "final").is_dir():
+        log.info("reusing the DPO run %s", run_dir)
+        return run_dir
+    from tiviz.data import load_pairs
+    from tiviz.training import config_from_preset, train
+
+    # only the pairs the steps will see: the reference log-probs are precomputed for every training pair
+    pairs = load_pairs(pairs_file)[: args.dpo_steps * 4]
+    cfg = config_from_preset(
+        "dpo", use_lora=True, lora_r=args.lora_r, lora_dropout=0.0, learning_rate=args.dpo_lr,
+        lr_scheduler="constant_with_warmup", warmup_steps=3, max_steps=args.dpo_steps, batch_size=4,
+        max_length=args.max_length, max_prompt_length=80, precompute_ref_logps=True, save_steps=50,
+        logging_steps=5, seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    train("smollm2-135m-instruct", pairs, cfg, run_dir, extra_run_info={"train_file": str(pairs_file)})
+    log.info("trained DPO in %.0f s", time.perf_counter() - t0)
+    return run_dir
+
+
+def reward_rows(pairs: list[Any], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """RewardTrainer's processed rows (`chosen_ids`, `rejected_ids`) encoded exactly as tiviz's reward-model
+    scorer reads them: the prompt through the chat template, then the response and EOS (`tiviz.tokenization`)."""
+    from tiviz.tokenization import encode_pair
+
+    rows = []
+    for p in pairs:
+        chosen, rejected = encode_pair(tokenizer, p, max_length=max_length)
+        rows.append({"chosen_ids": list(chosen.input_ids), "rejected_ids": list(rejected.input_ids)})
+    return rows
+
+
+def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) -> Path:
+    """A reward model (the default model as `AutoModelForSequenceClassification`, num_labels=1) trained with
+    TRL's `RewardTrainer` and a LoRA adapter, merged and saved as safetensors in `out` (reused when present)."""
+    if (out / "model.safetensors").is_file():
+        log.info("reusing the reward model %s", out)
+        return out
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from tiviz.data import load_pairs
+    from tiviz.models import _default_model_folder
+
+    torch.manual_seed(args.seed)
+    base = _default_model_folder()
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    data = Dataset.from_list(reward_rows(load_pairs(pairs_file)[: args.rm_steps * 4], tok, args.max_length))
+    cfg = RewardConfig(
+        output_dir=str(out.with_name(out.name + ".trainer")), max_steps=args.rm_steps,
+        per_device_train_batch_size=4, learning_rate=args.rm_lr, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=3, logging_steps=5, save_strategy="no", report_to=[], bf16=False,
+        gradient_checkpointing=False, max_length=args.max_length, use_cpu=True, seed=args.seed,
+        disable_dropout=True,
+    )
+    # LoRA on the top layers only: the backward then stops there (a 2-core CPU affords it); the score head is
+    # trained in full (peft's SEQ_CLS task saves it)
+    n_layers = model.config.num_hidden_layers
+    top = list(range(max(0, n_layers - args.rm_lora_layers), n_layers)) if args.rm_lora_layers else None
+    lora = LoraConfig(task_type="SEQ_CLS", r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      layers_to_transform=top)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora)
+    t0 = time.perf_counter()
+    trainer.train()
+    log.info("trained the reward model in %.0f s", time.perf_counter() - t0)
+    merged = trainer.model.merge_and_unload()  # type: ignore[union-attr,operator]
+    merged.config.pad_token_id = tok.pad_token_id
+    merged.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"steps": args.rm_steps, "lr": args.rm_lr, "lora_r": args.lora_r,
+                                                   "lora_layers": top,
+                                                   "train_file": str(pairs_file),
+                                                   "seconds": round(time.perf_counter() - t0)}), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def cue_beats_distractor(table: Any, pairs: list[Any]) -> dict[str, float]:
+    """Per method: share of pairs whose highest-|score| cue token (either side) outranks the highest-|score|
+    distractor token (either side); ties count one half. Pairs without distractor spans are left out."""
+    import numpy as np
+
+    from tiviz.evaluation.plausibility import span_labels
+
+    by_id = {p.id: p for p in pairs}
+    resp = table[table["in_response"]]
+    wins: dict[str, list[float]] = {}
+    for (pid, method), g in resp.groupby(["pair_id", "method"], sort=False):
+        pair = by_id.get(pid)
+        if pair is None or "distractor_chosen" not in pair.extra:
+            continue
+        best = {"cue": -math.inf, "distractor": -math.inf}
+        for side, s in g.groupby("side", sort=False):
+            spans = s[["char_start", "char_end"]].to_numpy()
+            mag = np.abs(s["score"].to_numpy(dtype=np.float64))
+            mag = np.where(np.isnan(mag), -np.inf, mag)
+            for kind in best:
+                labels = span_labels(spans, [tuple(pair.extra[f"{kind}_{side}"])])
+                if labels.any():
+                    best[kind] = max(best[kind], float(mag[labels].max()))
+        c, d = best["cue"], best["distractor"]
+        wins.setdefault(str(method), []).append(1.0 if c > d else 0.5 if c == d else 0.0)
+    return {m: float(np.mean(v)) for m, v in wins.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "runs" / "planted"), help="data, scorers and results folder")
+    ap.add_argument("--n", type=int, default=400, help="planted pairs in all (a quarter is the test split)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-fillers", default="0,2", help="fewest,most filler sentences in training responses")
+    ap.add_argument("--dpo-steps", type=int, default=24, help="DPO optimizer steps of 4 pairs (0: no DPO scorer)")
+    ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--rm-steps", type=int, default=16, help="reward-model optimizer steps of 4 pairs")
+    ap.add_argument("--rm-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--rm-lora-layers", type=int, default=4, help="reward model: LoRA on the top N layers (0: all)")
+    ap.add_argument("--max-length", type=int, default=128, help="longest prompt + response in training")
+    ap.add_argument("--sample-dpo-steps", type=int, default=0,
+                    help="train a DPO LoRA on sample_data/train.jsonl for the sample-data policy (0: skip)")
+    ap.add_argument("--accuracy-pairs", type=int, default=100, help="test pairs scored for accuracy")
+    ap.add_argument("--test-pairs", type=int, default=40, help="planted test pairs attributed (of 100)")
+    ap.add_argument("--sample-pairs", type=int, default=40, help="sample_data/test.jsonl pairs attributed")
+    ap.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
+    ap.add_argument("--methods", default=",".join(METHODS), help="methods to score (missing ones are skipped)")
+    ap.add_argument("--train-only", action="store_true", help="stop after training the scorers")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from tiviz.data import load_pairs, save_pairs
+    from tiviz.planted import planted_pairs, split_pairs
+
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "test.jsonl").is_file():
+        # the train split has short responses (cheap training on a CPU), the test split the long ones
+        data.mkdir(parents=True, exist_ok=True)
+        lo, hi = (int(x) for x in args.train_fillers.split(","))
+        save_pairs(split_pairs(planted_pairs(args.n, args.seed, fillers=(lo, hi)))[0], data / "train.jsonl")
+        save_pairs(split_pairs(planted_pairs(args.n, args.seed))[1], data / "test.jsonl")
+    t0 = time.perf_counter()
+    dpo = train_dpo(data / "train.jsonl", out / "dpo", args) if args.dpo_steps else None
+    rm = train_reward_model(data / "train.jsonl", out / "rm", args)
+    sample_dpo = (train_dpo(ROOT / "sample_data" / "train.jsonl", out / "sample_dpo",
+                            argparse.Namespace(**{**vars(args), "dpo_steps": args.sample_dpo_steps}))
+                  if args.sample_dpo_steps else None)
+    t_train = time.perf_counter() - t0
+    if args.train_only:
+        return
+    results = run_quality(args, load_pairs(data / "test.jsonl"), load_pairs(ROOT / "sample_data" / "test.jsonl"),
+                          dpo, rm, sample_dpo)
+    results["train_seconds_this_run"] = round(t_train)
+    (out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    sys.stdout.write(format_results(results) + "\n")
+
+
+def load_scorers(names: list[str], dpo: Path | None, rm: Path | None) -> dict[str, Any]:
+    """name -> Scorer: `base` (likelihood of the default model), `dpo` (the run's implicit reward against its
+    base), `rm` (the reward model)."""
+    from tiviz.scoring import load_scorer
+
+    paths = {"base": "smollm2-135m-instruct", "dpo": str(dpo) if dpo else "", "rm": str(rm) if rm else ""}
+    return {n: load_scorer(paths[n], dtype="float32") for n in names if paths[n]}
+
+
+def attribute_with(scorer: Any, pairs: list[Any], methods: list[str], args: argparse.Namespace
+                   ) -> tuple[Any, dict[str, str]]:
+    """(tidy table of the methods main can run for this scorer, or None; method -> why it was skipped).
+
+    All methods go into one `attribute` call, so the gradient methods share their backward pass.
+    """
+    import inspect
+
+    from tiviz.attribution import attribute
+    from tiviz.attribution.methods import METHODS
+
+    skipped = {m: "not on main" for m in methods if m not in METHODS}
+    run = [m for m in methods if m in METHODS]
+    settings = {"n_steps": args.ig_steps, "ig_max_steps": args.ig_steps, "batch_size": 2}
+    if "scorer" in inspect.signature(attribute).parameters:  # attribution explains scorers directly
+        table = attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, scorer=scorer, **settings)
+        return table, skipped
+    # before attribution knows scorers: the causal-LM targets (the reward target holds pi_ref constant)
+    if scorer.kind == "reward_model":
+        return None, {**skipped, **{m: "attribution of a reward model not on main" for m in run}}
+    if scorer.kind == "implicit_reward":
+        run = [*run, "implicit_reward"] if "implicit_reward" in METHODS and "implicit_reward" not in run else run
+        return attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, ref_model=scorer.reference,
+                         target="margin", **settings), skipped
+    skipped.update({m: "needs a reference" for m in run if METHODS[m].needs_reference})
+    run = [m for m in run if not METHODS[m].needs_reference]
+    return attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, target="logprob", **settings), skipped
+
+
+def random_cue_share(pairs: list[Any], table: Any) -> float:
+    """Expected share of pairs where a uniformly random ranking puts a cue token first among cue and distractor
+    tokens: n_cue / (n_cue + n_distractor) per pair, averaged."""
+    import numpy as np
+
+    from tiviz.evaluation.plausibility import span_labels
+
+    by_id = {p.id: p for p in pairs}
+    first = table[table["in_response"] & (table["method"] == table["method"].iloc[0])]
+    shares = []
+    for pid, g in first.groupby("pair_id", sort=False):
+        pair = by_id[pid]
+        n = {"cue": 0, "distractor": 0}
+        for side, s in g.groupby("side", sort=False):
+            spans = s[["char_start", "char_end"]].to_numpy()
+            for kind in n:
+                n[kind] += int(span_labels(spans, [tuple(pair.extra[f"{kind}_{side}"])]).sum())
+        shares.append(n["cue"] / (n["cue"] + n["distractor"]))
+    return float(np.mean(shares))
+
+
+def accuracy(scorer: Any, pairs: list[Any]) -> dict[str, Any]:
+    """Test accuracy (margin > 0) overall and, for planted pairs, per template."""
+    from tiviz.scoring import margin_summary, score_pairs
+
+    margins = score_pairs(scorer, pairs, batch_size=4)
+    out: dict[str, Any] = margin_summary(margins["margin"])
+    templates = [p.extra.get("template") for p in pairs]
+    if all(templates):
+        out["by_template"] = {t: margin_summary(margins["margin"][[x == t for x in templates]])["accuracy"]
+                              for t in dict.fromkeys(templates)}
+    return out
+
+
+def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any], dpo: Path | None, rm: Path,
+                sample_dpo: Path | None) -> dict[str, Any]:
+    """Accuracy and cue-finding scores of every (dataset, scorer, method); tables cached under OUT/tables."""
+    from tiviz.evaluation import evaluate
+    from tiviz.table import read_table, write_table
+
+    out = Path(args.out)
+    tables = out / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in args.methods.split(",") if m]
+    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items()}, "rows": [], "accuracy": {}}
+    datasets = [("planted", planted, {"base": None, "dpo": dpo, "rm": rm}),
+                ("sample", sample, {"base": None, "dpo": sample_dpo, "rm": rm})]
+    for data_name, all_pairs, scorer_paths in datasets:
+        n_attr = args.test_pairs if data_name == "planted" else args.sample_pairs
+        pairs = all_pairs[:n_attr]
+        names = [n for n in ("base", "dpo", "rm") if n == "base" or scorer_paths[n]]
+        scorers = load_scorers(names, scorer_paths["dpo"], scorer_paths["rm"])
+        for sname, scorer in scorers.items():
+            t0 = time.perf_counter()
+            acc = accuracy(scorer, all_pairs[: args.accuracy_pairs])
+            acc["seconds"] = round(time.perf_counter() - t0, 1)
+            results["accuracy"][f"{data_name}/{sname}"] = acc
+            log.info("%s %s: accuracy %.3f on %d pairs", data_name, sname, acc["accuracy"], acc["n_pairs"])
+            tag = zlib.crc32(",".join(methods).encode("utf-8"))
+            path = tables / f"{data_name}_{sname}_{len(pairs)}_{args.ig_steps}_{tag:08x}.parquet"
+            t0 = time.perf_counter()
+            skipped: dict[str, str] = {}
+            if path.is_file():
+                table = read_table(path)
+                skipped = json.loads(path.with_suffix(".skipped.json").read_text(encoding="utf-8"))
+            else:
+                table, skipped = attribute_with(scorer, pairs, methods, args)
+                if table is not None:
+                    write_table(table, path)
+                path.with_suffix(".skipped.json").write_text(json.dumps(skipped), encoding="utf-8")
+            seconds = time.perf_counter() - t0
+            for method, why in skipped.items():
+                results["rows"].append({"data": data_name, "scorer": sname, "method": method, "skipped": why})
+            if table is None:
+                continue
+            ev = evaluate(scorer.model, pairs, table=table, faithfulness=False)
+            cue = cue_beats_distractor(table, pairs) if data_name == "planted" else {}
+            cue_random = random_cue_share(pairs, table) if data_name == "planted" else math.nan
+            target = (table.attrs.get("tiviz", {}).get("settings") or {}).get("target")
+            for _, row in ev.scores.iterrows():
+                rec = {"data": data_name, "scorer": sname, "method": row["method"], "auprc": float(row["auprc"]),
+                       "auprc_random": float(row["auprc_random"]), "n_pairs": len(pairs),
+                       "seconds_all_methods": round(seconds, 1), "target": target}
+                if data_name == "planted":
+                    rec["cue_over_distractor"] = cue.get(str(row["method"]), math.nan)
+                    rec["cue_over_distractor_random"] = cue_random
+                results["rows"].append(rec)
+                log.info("%s", rec)
+        del scorers
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Markdown: the accuracy table, then one row per (dataset, scorer, method) with random beside each."""
+    lines = ["| data | scorer | test accuracy | by template |", "|---|---|---|---|"]
+    for key, acc in results["accuracy"].items():
+        data, scorer = key.split("/")
+        by = ", ".join(f"{t} {v:.2f}" for t, v in (acc.get("by_template") or {}).items())
+        lines.append(f"| {data} | {scorer} | {acc['accuracy']:.3f} ({int(acc['n_pairs'])} pairs) | {by} |")
+    lines += ["", "| data | scorer | method | AUPRC (random) | cue > distractor (random) |", "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if r.get("skipped"):
+            lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | skipped: {r['skipped']} | |")
+            continue
+        cue = (f"{r['cue_over_distractor']:.2f} ({r['cue_over_distractor_random']:.2f})"
+               if "cue_over_distractor" in r else "")
+        lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | {r['auprc']:.3f} ({r['auprc_random']:.3f}) "
+                     f"| {cue} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
