@@ -22,6 +22,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ import pandas as pd
 import streamlit as st
 
 from tiviz.config import result_settings
-from tiviz.data import SUFFIXES, PreferencePair, file_sha256, load_pairs
+from tiviz.data import SUFFIXES, PreferencePair, ReadBudget, file_sha256, load_pairs
 from tiviz.errors import ConfigError, DataError
 from tiviz.models import DEFAULT_MODEL, LoadedModel
+from tiviz.safe_html import escape_markdown as md_literal  # the one Markdown escape
+from tiviz.table import PROVENANCE_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "sample_data"
@@ -44,7 +47,7 @@ UPLOAD = "upload a file…"
 UPLOAD_TYPES = [s.lstrip(".") for s in SUFFIXES]
 TINY = "tiny"  # TIVIZ_APP_MODEL=tiny: the tiny random test model of tiviz.testing (for tests)
 RESULT_CACHE_ENTRIES = 256
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the whole name (fullmatch: "x\n" is refused)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -70,6 +73,21 @@ def max_upload_bytes() -> int:
     return int(mb * 1024 * 1024)
 
 
+def upload_budget() -> ReadBudget:
+    """What an upload may decode to: $TIVIZ_APP_MAX_PAIRS pairs (default 100,000) and $TIVIZ_APP_MAX_TEXT_MB
+    million characters of text (default 64, about three times what a 20 MB JSONL file holds): a few-KB Parquet
+    file can hold hundreds of MB of repeated text, and the server would build it all."""
+    def number(env: str, default: float) -> float:
+        try:
+            return float(os.environ.get(env, "") or default)
+        except ValueError:
+            return default
+
+    return ReadBudget(max_rows=int(number("TIVIZ_APP_MAX_PAIRS", 100_000)),
+                      max_chars=int(number("TIVIZ_APP_MAX_TEXT_MB", 64) * 2**20),
+                      fix="upload a smaller file (or raise TIVIZ_APP_MAX_PAIRS / TIVIZ_APP_MAX_TEXT_MB)")
+
+
 def inside(root: Path, name: str, *, what: str = "name") -> Path:
     """`root / name`, refusing any name that could leave `root` (separators, `..`, absolute paths, links out).
 
@@ -77,7 +95,7 @@ def inside(root: Path, name: str, *, what: str = "name") -> Path:
         ConfigError: naming the field and what is allowed.
     """
     allowed = f"a plain name (letters, digits, '.', '_', '-') inside {root}"
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(what, name, allowed)
     path = (root / name).resolve()
     if not path.is_relative_to(root.resolve()):
@@ -128,13 +146,33 @@ class Dataset:
 
     @property
     def ids(self) -> list[str]:
-        return [p.id for p in self.pairs]
+        return list(self._index)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        """pair id -> its position, built once (ids are unique: `load_pairs` refuses duplicates)."""
+        return {p.id: i for i, p in enumerate(self.pairs)}
+
+    @cached_property
+    def _search_text(self) -> list[str]:
+        """Per pair, the lower-cased id and prompt that `find` searches, built on the first search."""
+        return [f"{p.id}\n{p.prompt_text()}".lower() for p in self.pairs]
+
+    def has(self, pair_id: object) -> bool:
+        return isinstance(pair_id, str) and pair_id in self._index
 
     def pair(self, pair_id: str) -> PreferencePair:
-        for p in self.pairs:
-            if p.id == pair_id:
-                return p
-        raise KeyError(pair_id)
+        """The pair with this id, found through the index (a scan per lookup made the picker quadratic)."""
+        return self.pairs[self._index[pair_id]]
+
+    def find(self, query: str, limit: int = 1000) -> list[str]:
+        """Ids of the first `limit` pairs whose id or prompt contains `query` (case-insensitive), in file order;
+        every pair's when `query` is blank."""
+        q = query.strip().lower()
+        if not q:
+            return [p.id for p in self.pairs[:limit]]
+        hits = (i for i, text in enumerate(self._search_text) if q in text)
+        return [self.pairs[i].id for _, i in zip(range(limit), hits, strict=False)]
 
     def subset(self, n: int) -> list[PreferencePair]:
         """The first n pairs (in file order): the same subset on every page and in every session."""
@@ -171,9 +209,10 @@ def load_upload(filename: str, data: bytes, folder: Path) -> Dataset:
     target = inside(folder, f"{stem}-{key[:8]}{suffix}", what="upload")
     target.write_bytes(data)
     try:
-        pairs = load_pairs(target)
+        pairs = load_pairs(target, budget=upload_budget())
     except DataError as err:
-        raise DataError(err.reason, source=shown, line=err.line, field=err.field, fix=err.fix) from None
+        raise DataError(err.reason, source=shown, line=err.line, field=err.field, fix=err.fix,
+                        unit=err.unit) from None
     return Dataset(name=shown, key=key, path=str(target), pairs=tuple(pairs))
 
 
@@ -189,12 +228,6 @@ def describe_error(err: Exception) -> str:
             lines.append(f"- fix: {md_literal(err.fix)}")
         return "\n".join(lines)
     return md_literal(str(err))
-
-
-def md_literal(text: object) -> str:
-    """Text shown literally by Streamlit's markdown: every ASCII punctuation mark is backslash-escaped, so
-    dataset text cannot add links, images, emphasis, colour directives or HTML."""
-    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -343,7 +376,7 @@ def cached_attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
     if any(p is None for p in parts):
         return None
-    return combine_tables(parts)
+    return for_reader(combine_tables(parts), dataset, pair_ids)
 
 
 def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], methods: Sequence[str],
@@ -373,11 +406,26 @@ def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], 
                 progress(k / len(missing), f"{m}: 0/{len(pairs)} pairs (method {k + 1} of {len(missing)})")
             with compute_lock():
                 df = attribute(loaded, pairs, [m], ref_model=ref, progress=report, model_id=loaded.model_id,
-                               data_info={"file": dataset.name, "sha256": dataset.key, "n_pairs": len(pairs)},
-                               **(settings or {}))
+                               data_info=data_info(dataset, pair_ids), **(settings or {}))
             cache.put(attribution_key(choice, dataset, pair_ids, m, settings), df)
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
-    return combine_tables([p for p in parts if p is not None])
+    return for_reader(combine_tables([p for p in parts if p is not None]), dataset, pair_ids)
+
+
+def data_info(dataset: Dataset, pair_ids: Sequence[str]) -> dict[str, Any]:
+    """The provenance of the data a session attributes: its own file name, the content hash, the pair count."""
+    return {"file": dataset.name, "sha256": dataset.key, "n_pairs": len(pair_ids)}
+
+
+def for_reader(df: pd.DataFrame, dataset: Dataset, pair_ids: Sequence[str]) -> pd.DataFrame:
+    """A cached table as this session reads it: the rows shared (never copied), the provenance its own copy
+    naming this session's file. The cache is keyed by content, so the table may have been computed for another
+    session's upload of the same bytes under another name."""
+    out = df.copy(deep=False)
+    prov = json.loads(json.dumps(df.attrs.get(PROVENANCE_KEY, {}), default=str))
+    prov["data"] = data_info(dataset, pair_ids)
+    out.attrs = {**{k: v for k, v in df.attrs.items() if k != PROVENANCE_KEY}, PROVENANCE_KEY: prov}
+    return out
 
 
 def combine_tables(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:

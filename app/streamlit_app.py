@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only 
 
 import streamlit as st  # noqa: E402
 
-from app.app_pages import pickers  # noqa: E402
+from app.app_pages import pickers, training_view  # noqa: E402
 
 st.set_page_config(page_title="tiviz", page_icon=":material/search:", layout="wide")
 
@@ -34,4 +34,5 @@ pages = st.navigation([
     st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ])
 pickers.sidebar()
+training_view.job_sidebar()
 pages.run()

@@ -101,14 +101,9 @@ def versions() -> dict[str, str]:
 
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section in the file (or append it), leaving the other sections alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip() + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt != -1 else "")
-    path.write_text(new.rstrip() + "\n", encoding="utf-8")
+    from sections import write_section as write
+
+    write(path, SECTION, text)
 
 
 def measure(model: str, pairs: list, omp_wait_policy: str | None) -> tuple[float, list[float], float]:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tiviz.attribution import attribute
 from tiviz.evaluation import (
     SCORE_COLUMNS,
     SequenceCurves,
@@ -22,6 +23,7 @@ from tiviz.evaluation import (
     faithfulness_curves,
     hit_at_k,
     leave_one_out,
+    margin_scores,
     perturbed_targets,
     ranking,
     rationale_labels,
@@ -191,6 +193,58 @@ def test_occlusion_oracle_beats_its_reverse(tiny):
         assert curves.full["logprob"] - curves.deletion["oracle"]["logprob"][0] == pytest.approx(loo.max(), abs=1e-4)
 
 
+def test_margin_scores_hand_built_curves_orient_both_sides():
+    """Removing 2 nats of support lowers the margin by 2 on the chosen side, raises it by 2 on the rejected side:
+    both count +2 (faithful), where a per-side score on the margin target would show -2 for rejected."""
+    fr = np.array([0.1, 0.5])
+    c = SequenceCurves(fractions=fr, counts=np.array([1, 5]), full={"logprob": -10.0}, empty={"logprob": -30.0},
+                       deletion={"m": {"logprob": np.array([-12.0, -20.0])}},
+                       insertion={"m": {"logprob": np.array([-25.0, -15.0])}})
+    for side in ("chosen", "rejected"):
+        got = margin_scores(c, "m", side, curve_fractions=(0.1, 0.5))
+        assert got["margin_deletion"] == pytest.approx((2 + 10) / 2)
+        assert got["margin_insertion"] == pytest.approx((5 + 15) / 2)
+    assert margin_scores(c, "m", "rejected", scale=0.1, curve_fractions=(0.1,))["margin_deletion"] == \
+        pytest.approx(0.2)
+    with pytest.raises(ValueError, match="side"):
+        margin_scores(c, "m", "both")
+
+
+def test_margin_scores_equal_the_margin_recomputed_by_hand(tiny):
+    """The pair's margin log pi(chosen) - log pi(rejected), recomputed from scratch with the side's top tokens set
+    to the pad token (= the pad removal embedding), moves as margin_scores says."""
+    from tiviz.attribution.targets import sequence_logp
+
+    model, tok, pairs = tiny
+    chosen, rejected = encode_pair(tok, pairs[1])
+
+    def logp(seq, removed=()):
+        ids = torch.tensor([seq.input_ids])
+        x = ids.clone()
+        for i in removed:
+            x[0, seq.response_start + i] = tok.pad_token_id
+        with torch.no_grad():
+            return float(sequence_logp(model(input_ids=x).logits, ids, collate([seq], tok.pad_token_id).response_mask))
+
+    margin = logp(chosen) - logp(rejected)
+    ref = reference_embedding(model, tok)
+    qs = (0.2, 0.5)
+    for seq, side in ((chosen, "chosen"), (rejected, "rejected")):
+        n = seq.n_response
+        order = np.random.default_rng(3).permutation(n)
+        curves = faithfulness_curves(model, seq.input_ids, seq.response_start, {"m": order}, ref, fractions=qs)
+        got = margin_scores(curves, "m", side, curve_fractions=qs)
+        moved = []
+        for k in top_counts(n, qs):
+            top = order[:k]
+            after = logp(chosen, top) - logp(rejected) if side == "chosen" else logp(chosen) - logp(rejected, top)
+            moved.append(after - margin)
+        # chosen: the margin should fall (count its drop); rejected: it should rise (count its rise)
+        want = np.mean(moved) * (-1 if side == "chosen" else 1)
+        assert got["margin_deletion"] == pytest.approx(want, abs=1e-4)
+        assert abs(want) > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
@@ -215,6 +269,11 @@ def test_evaluate_scores_every_method_beside_random(evaluated):
     assert s.loc[0, "aopc_deletion"] == pytest.approx(g["aopc_deletion"].mean())
     assert set(evaluated.curves["ranking"]) == {"method", "random"}
     assert len(evaluated.agreement) == 1  # one pair of methods
+    for side in ("chosen", "rejected"):  # pair-level scores: the mean over that side's sequences
+        gs = g[g["side"] == side]
+        assert s.loc[0, f"margin_deletion_{side}"] == pytest.approx(gs["margin_deletion"].mean())
+        assert s.loc[0, f"margin_insertion_{side}_random"] == pytest.approx(gs["margin_insertion_random"].mean())
+    assert "pair-level" in evaluated.to_text()
 
 
 def test_evaluate_is_seeded(tiny, evaluated):
@@ -244,6 +303,23 @@ def test_a_method_equal_to_the_rationale_gets_auprc_one(tiny, evaluated):
     assert row["auprc"] == 1.0 and row["hit_at_k"] == 1.0
     assert row["auprc_random"] < 1.0
     assert math.isnan(row["aopc_deletion"])  # faithfulness skipped
+
+
+def test_reward_faithfulness_perturbs_the_reference_too(tiny):
+    """The implicit reward with policy == reference is 0 under every perturbation, so every reward faithfulness
+    score is 0; holding log pi_ref fixed would instead report beta x the logprob scores."""
+    from tiviz.config import AttributionConfig
+    from tiviz.testing import tiny_model
+
+    model, tok, pairs = tiny
+    cfg = AttributionConfig(target="reward", beta=0.5)
+    same = evaluate(model, pairs[1:2], "gradient", tokenizer=tok, ref_model=tiny_model(seed=0), config=cfg,
+                    target="method", n_random=2)
+    ps = same.per_sequence
+    cols = ["f_full", "aopc_deletion", "aopc_insertion", "margin_deletion", "margin_deletion_random"]
+    assert np.abs(ps[cols].to_numpy()).max() < 1e-4
+    plain = evaluate(model, pairs[1:2], "gradient", tokenizer=tok, n_random=2)  # logprob: far from 0
+    assert plain.per_sequence["aopc_deletion"].abs().max() > 1e-2
 
 
 def test_write_and_read_scores(tmp_path, evaluated):
@@ -284,10 +360,56 @@ def test_cli_evaluate_prints_and_writes(tmp_path, tiny, capsys):
     folder = save_model(model, tmp_path / "tiny", tokenizer=tok)
     save_pairs(pairs, tmp_path / "pairs.jsonl")
     rc = main(["evaluate", "--pairs", str(tmp_path / "pairs.jsonl"), "--model", str(folder), "--methods", "gradient",
-               "--limit", "1", "--n-random", "2", "--out", str(tmp_path / "eval")])
+               "--limit", "1", "--n-random", "2", "--out", str(tmp_path / "eval"), "--randomisation-check"])
     out = capsys.readouterr().out
     assert rc == 0
     assert out.splitlines()[0].split()[:3] == ["method", "AUPRC", "hit@k"]
     assert "projected for all 4 pairs" in out
     scores = pd.read_csv(tmp_path / "eval" / "scores.csv")
     assert scores["method"].tolist() == ["gradient"] and scores.loc[0, "n_sequences"] == 2
+    assert "model-randomisation check" in out and "margin del. chosen" in out
+    rand = pd.read_csv(tmp_path / "eval" / "randomisation.csv")
+    assert rand["method"].tolist() == ["gradient"] and rand.loc[0, "n_sequences"] == 2
+    assert rand.loc[0, "spearman_mean"] < 1
+
+
+# ---------------------------------------------------------------------------------------------- randomisation
+
+
+def test_randomised_copy_redraws_matrices_keeps_norms_and_leaves_the_model_alone(tiny):
+    from tiviz.evaluation.sanity import randomised_copy
+
+    model, _, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a, b, c = randomised_copy(model, seed=0), randomised_copy(model, seed=0), randomised_copy(model, seed=1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # the original is untouched
+        assert torch.equal(a.state_dict()[k], b.state_dict()[k])  # seeded
+        if v.ndim >= 2:
+            assert not torch.allclose(a.state_dict()[k], v) and not torch.allclose(a.state_dict()[k], c.state_dict()[k])
+        else:
+            assert torch.equal(a.state_dict()[k], v)  # norm gains kept
+
+
+def test_randomisation_check_separates_gradient_methods_and_reports_every_method(tiny):
+    from tiviz.evaluation.sanity import randomisation_check
+
+    model, tok, pairs = tiny
+    methods = ["gradient", "grad_x_input", "integrated_gradients", "attention", "tidpo", "occlusion"]
+    check = randomisation_check(model, pairs, methods, tokenizer=tok, n_steps=4, ig_tolerance=0.0)
+    s = check.summary.set_index("method")
+    assert list(s.index) == methods
+    assert (s["n_sequences"] == 2 * len(pairs)).all()
+    for m in ("gradient", "grad_x_input", "integrated_gradients", "occlusion"):
+        assert s.loc[m, "spearman_mean"] < 0.9, m  # the map changes when the weights do
+    assert s["spearman_mean"].between(-1, 1).all() and s["share_above"].between(0, 1).all()
+    per = check.per_sequence
+    g = per[per["method"] == "gradient"]
+    assert s.loc["gradient", "spearman_mean"] == pytest.approx(g["spearman"].mean())
+    assert s.loc["gradient", "share_above"] == pytest.approx((g["spearman"] > 0.5).mean())
+    assert "gradient" in check.to_text()
+    # a table given is reused: only its methods are checked, and only the randomised copy is attributed
+    table = attribute(model, pairs, ["gradient"], tokenizer=tok)
+    again = randomisation_check(model, pairs, tokenizer=tok, table=table)
+    assert again.summary["method"].tolist() == ["gradient"]
+    assert again.summary.loc[0, "spearman_mean"] == pytest.approx(s.loc["gradient", "spearman_mean"], abs=1e-6)

@@ -18,6 +18,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "target": ("max_logit", "logprob", "reward", "margin"),
     "norm": ("l1", "l2"),
     "ig_baseline": ("pad", "unk", "zero", "mean"),
+    "occlusion_removal": ("pad", "unk", "zero", "mean"),
     "ig_span": ("response", "full"),
     "ig_method": ("gausslegendre", "riemann_trapezoid", "riemann_middle"),
     "attention_agg": ("last_layer", "all_layers", "rollout"),
@@ -48,6 +49,8 @@ class AttributionConfig:
                          "baseline, response (prompt kept) or full"})
     internal_batch_size: int = field(default=32, metadata={"help": "integrated gradients: sequences x steps "
                                      "per forward (bounds memory)"})
+    occlusion_removal: str = field(default="pad", metadata={"help": "occlusion: the embedding that replaces a "
+                                   "removed token (pad, unk, zero or mean; the same removal as `tiviz evaluate`)"})
     attention_agg: str = field(default="last_layer", metadata={"help": "attention: last_layer (mean over heads),"
                                " all_layers (mean over layers and heads), or rollout"})
     lam: float = field(default=0.7, metadata={"help": "tidpo: weight of gradient importance vs the Gaussian "

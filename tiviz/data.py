@@ -30,6 +30,11 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # The csv module refuses fields over 128 KiB by default; long responses are legitimate.
 _CSV_FIELD_LIMIT = 1 << 30
+# CSV cells that may hold JSON, and what their text must start like to be decoded (else it stays text).
+_MESSAGE_LIST = re.compile(r"\[\s*\{")
+_STRING_LIST = re.compile(r'\[\s*["\]]')
+_CSV_JSON_CELLS = {"prompt": _MESSAGE_LIST, "chosen": _MESSAGE_LIST, "rejected": _MESSAGE_LIST,
+                   "rationale_chosen": _STRING_LIST, "rationale_rejected": _STRING_LIST}
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,60 @@ def message_text(value: Text) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ReadBudget:
+    """Most a load may decode: pairs (rows) and characters of text. A small file can decode to far more text
+    than its size (a Parquet column of one 100 KB string repeated 2,000 times compresses to a few KB), so a
+    server reading untrusted uploads sets one (the app does); `load_pairs` refuses past it, before decoding more.
+
+    Args:
+        max_rows: most rows, None for no limit.
+        max_chars: most characters over every text field of every row, None for no limit.
+        fix: what the refusal tells the user to do (e.g. which setting raises the limit).
+    """
+
+    max_rows: int | None = None
+    max_chars: int | None = None
+    fix: str = "split the file into smaller ones"
+
+
+class _Meter:
+    """Counts rows and characters against a `ReadBudget`, raising the `DataError` that names where it ran out."""
+
+    def __init__(self, budget: ReadBudget | None, label: str, where: str) -> None:
+        self.budget, self.label, self.where = budget or ReadBudget(), label, where
+        self.rows = 0
+        self.chars = 0
+
+    def add(self, rows: int, chars: int, line: int | None) -> None:
+        self.rows += rows
+        self.chars += chars
+        b = self.budget
+        if b.max_rows is not None and self.rows > b.max_rows:
+            raise DataError(f"holds more than {b.max_rows:,} pairs", source=self.label, line=line, fix=b.fix,
+                            unit=self.where)
+        if b.max_chars is not None and self.chars > b.max_chars:
+            raise DataError(f"decodes to more than {b.max_chars:,} characters of text (by {self.where} {line})",
+                            source=self.label, fix=b.fix)
+
+
+def text_chars(value: Any, depth: int = 0) -> int:
+    """Characters of text in a raw record value: a string, or the strings nested in lists and dicts."""
+    if isinstance(value, str):
+        return len(value)
+    if depth < 8 and isinstance(value, Mapping):
+        return sum(text_chars(k, depth + 1) + text_chars(v, depth + 1) for k, v in value.items())
+    if depth < 8 and isinstance(value, list | tuple):
+        return sum(text_chars(v, depth + 1) for v in value)
+    return 0
+
+
 def load_pairs(
     source: str | Path | Iterable[Mapping[str, Any]] | Any,
     *,
     on_error: OnError = "raise",
     name: str | None = None,
+    budget: ReadBudget | None = None,
 ) -> list[PreferencePair]:
     """Load and validate preference pairs.
 
@@ -96,6 +150,7 @@ def load_pairs(
         on_error: "raise" (default) stops at the first bad row with a `DataError`; "skip" drops bad rows, logging
             a warning for each, and raises only when no valid row is left.
         name: what to call an in-memory source in error messages.
+        budget: most rows and characters to decode (default: no limit); past it, a `DataError`.
     Returns:
         the pairs, in file order.
     """
@@ -104,16 +159,21 @@ def load_pairs(
     if isinstance(source, str | Path):
         path = Path(source)
         label = str(path)
-        rows: Iterator[tuple[int | None, Any]] = _read_file(path)
         where = "row" if path.suffix.lower() in (".json", ".parquet") else "line"
+        meter = _Meter(budget, label, where)
+        rows: Iterator[tuple[int | None, Any]] = _read_file(path, meter)
     else:
         label = name or "<memory>"
-        rows = _read_memory(source)
         where = "row"
+        meter = _Meter(budget, label, where)
+        rows = _read_memory(source)
+    metered_by_reader = isinstance(source, str | Path) and Path(source).suffix.lower() == ".parquet"
     pairs: list[PreferencePair] = []
     seen: dict[str, int | None] = {}
     skipped = 0
     for lineno, raw in rows:
+        if not metered_by_reader:
+            meter.add(1, text_chars(raw), lineno)
         try:
             if isinstance(raw, DataError):
                 raise raw
@@ -159,7 +219,7 @@ def save_pairs(pairs: Iterable[PreferencePair], path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------- readers
 
 
-def _read_file(path: Path) -> Iterator[tuple[int | None, Any]]:
+def _read_file(path: Path, meter: _Meter) -> Iterator[tuple[int | None, Any]]:
     if not path.exists():
         raise DataError("file not found", source=str(path), fix="check the path")
     if path.is_dir():
@@ -171,7 +231,7 @@ def _read_file(path: Path) -> Iterator[tuple[int | None, Any]]:
             fix=f"use one of {', '.join(SUFFIXES)}",
         )
     if suffix == ".parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, meter)
         return
     data = path.read_bytes()
     if not data.strip():
@@ -262,30 +322,93 @@ def _read_csv_rows(text: str, label: str) -> Iterator[tuple[int | None, Any]]:
                     fix="quote fields that contain commas or newlines",
                 )
             else:
-                yield start, {h: _csv_cell(v) for h, v in zip(header, row, strict=True)}
+                try:
+                    yield start, {h: _csv_cell(h, v, label, start) for h, v in zip(header, row, strict=True)}
+                except DataError as err:
+                    yield start, err
         start = reader.line_num + 1
 
 
-def _csv_cell(value: str) -> Any:
-    """CSV cells holding JSON lists (rationales, messages) are decoded; everything else stays text."""
+def _csv_cell(key: str, value: str, label: str, line: int) -> Any:
+    """A CSV cell as loaded: JSON is decoded only in the cells meant to hold one (prompt / chosen / rejected that
+    look like a message list, rationales that look like a list of strings), so a plain-text answer such as
+    `[1, 2, 3]` stays text; a cell that looks like JSON but does not decode is a `DataError` naming the field."""
     s = value.strip()
-    if s.startswith("[") and s.endswith("]"):
-        try:
-            return json.loads(s)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[int | None, Any]]:
+    pattern = _CSV_JSON_CELLS.get(key)
+    if pattern is None or not pattern.match(s) or not s.endswith("]"):
+        return value
     try:
+        return json.loads(s)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, a 5000-digit number, [[[[...]]]] too deep
+        what = "a list of strings" if key.startswith("rationale") else "a JSON list of {role, content} messages"
+        raise DataError(f"invalid JSON ({type(err).__name__}: {str(err)[:200]})", source=label, line=line,
+                        field=key, fix=f"write the cell as {what}, or as plain text that does not start with "
+                        f"{s[:2]!r}") from None
+
+
+PARQUET_BATCH_ROWS = 256
+
+
+def _read_parquet(path: Path, meter: _Meter) -> Iterator[tuple[int | None, Any]]:
+    """Rows of a Parquet file, one record batch at a time. String columns are read dictionary-encoded, so a value
+    repeated over many rows is decoded once per batch (one Python string shared by those rows), and each batch's
+    text is counted (in Arrow, before any Python string exists) against the budget."""
+    try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        strings = [f.name for f in pf.schema_arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        pf = pq.ParquetFile(path, read_dictionary=strings)
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS)
     except Exception as err:  # pyarrow raises many types for a damaged file
         raise DataError(f"cannot read Parquet ({type(err).__name__}: {err})", source=str(path),
                         fix="check that the file is a complete Parquet file") from None
-    yield from enumerate(table.to_pylist())
+    start = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:
+            raise DataError(f"cannot read Parquet ({type(err).__name__}: {err})", source=str(path), line=start,
+                            fix="check that the file is a complete Parquet file", unit="row") from None
+        meter.add(batch.num_rows, sum(_arrow_chars(col) for col in batch.columns), start + batch.num_rows - 1)
+        columns = [_arrow_values(col) for col in batch.columns]
+        for i, values in enumerate(zip(*columns, strict=True)):
+            yield start + i, dict(zip(batch.schema.names, values, strict=True))
+        start += batch.num_rows
+
+
+def _arrow_chars(arr: Any) -> int:
+    """Characters of text an Arrow array decodes to (strings, also inside lists, structs and dictionaries),
+    computed in Arrow without building Python strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        if pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type):
+            lengths = pc.take(pc.utf8_length(arr.dictionary), arr.indices)
+            return int(pc.sum(lengths).as_py() or 0)
+        return _arrow_chars(arr.dictionary_decode())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return int(pc.sum(pc.utf8_length(arr)).as_py() or 0)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _arrow_chars(arr.flatten())
+    if pa.types.is_struct(t):
+        return sum(_arrow_chars(f) for f in arr.flatten())
+    return 0
+
+
+def _arrow_values(arr: Any) -> list[Any]:
+    """An Arrow array as Python values; a dictionary-encoded one builds each distinct value once."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arr.type):
+        distinct = arr.dictionary.to_pylist()
+        return [None if i is None else distinct[i] for i in arr.indices.to_pylist()]
+    return list(arr.to_pylist())
 
 
 def _read_memory(source: Any) -> Iterator[tuple[int | None, Any]]:

@@ -297,6 +297,8 @@ def _from_gguf(path: Path, kwargs: dict[str, Any], model_id: str) -> LoadedModel
 def _from_folder(folder: Path, kwargs: dict[str, Any], model_id: str, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tiviz.training.runfolder import verify_model_folder
+
     ggufs = sorted(folder.glob("*.gguf"))
     if not (folder / "config.json").exists() and ggufs:
         return _from_gguf(ggufs[0], kwargs, model_id=model_id)
@@ -305,6 +307,7 @@ def _from_folder(folder: Path, kwargs: dict[str, Any], model_id: str, source: st
             f"{folder}: not a model folder. Fix: the folder needs config.json and *.safetensors weights "
             "(tiviz loads safetensors only, never pickled .bin files)"
         )
+    verify_model_folder(folder)  # a damaged file (truncated copy, manifest mismatch) is a ModelError, not a crash
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
         model, info = _load_checked(AutoModelForCausalLM, folder, use_safetensors=True, **kwargs)

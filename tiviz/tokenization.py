@@ -27,6 +27,18 @@ PaddingSide = Literal["left", "right"]
 Side = Literal["chosen", "rejected"]
 SIDES: tuple[Side, Side] = ("chosen", "rejected")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# A text longer than `cut_bound(max_length)` characters is cut to that (from the end truncation drops) before
+# it is tokenised: a 2 MB field would otherwise be tokenised whole, about 1 GB with the tokenizer. The bound is
+# generous (BPE tokens of text average about 4 characters); if the cut text still gives fewer than
+# max_length + CUT_MARGIN tokens, the whole text is tokenised instead, so the tokens kept never change.
+CHARS_PER_TOKEN = 32
+MIN_CUT_CHARS = 16_384  # shorter texts are always tokenised whole (cheap), so their cut counts stay exact
+CUT_MARGIN = 16
+
+
+def cut_bound(max_length: int) -> int:
+    """Most characters of one text tokenised for a sequence of at most `max_length` tokens."""
+    return max(max_length * CHARS_PER_TOKEN, MIN_CUT_CHARS)
 
 # Padded tokens (rows x length) per forward pass, for the batches of pairs and for integrated gradients' internal
 # batches (steps x rows). The default model keeps about 1.5 MB per token for the backward, so 1024 tokens hold
@@ -39,7 +51,8 @@ class EncodedSequence:
     """One tokenised prompt + response.
 
     `char_spans[i]` indexes `prompt_text` for prompt tokens (i < response_start) and `response_text` for response
-    tokens. `truncated` counts the tokens cut to fit `max_length`.
+    tokens. `truncated` counts the tokens cut to fit `max_length`; when a text was so long that only its kept
+    end was tokenised (`chars_untokenised` > 0), it counts the tokens cut from what was tokenised.
     """
 
     input_ids: list[int]
@@ -49,6 +62,7 @@ class EncodedSequence:
     tokens: list[str]
     char_spans: list[tuple[int, int]]
     truncated: int = 0
+    chars_untokenised: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -98,10 +112,10 @@ def render_prompt(tokenizer: Any, prompt: Text, *, use_chat_template: bool | Non
     return prompt, False
 
 
-def contiguous_spans(offsets: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
-    """Make raw tokenizer offsets contiguous and covering [0, length): token i owns [end_{i-1}, max(end_i, .))."""
+def contiguous_spans(offsets: list[tuple[int, int]], length: int, start: int = 0) -> list[tuple[int, int]]:
+    """Make raw tokenizer offsets contiguous and covering [start, length): token i owns [end_{i-1}, max(end_i, .))."""
     spans = []
-    prev = 0
+    prev = start
     for _, end in offsets:
         end = min(max(end, prev), length)
         spans.append((prev, end))
@@ -125,6 +139,22 @@ def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool, what: str,
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
+def _tokenize_within(tokenizer: Any, text: str, add_special_tokens: bool, what: str, label: str,
+                     max_length: int | None, keep_end: bool) -> tuple[list[int], list[tuple[int, int]], int]:
+    """(ids, contiguous spans over `text`, characters left untokenised): at most `cut_bound(max_length)`
+    characters from the end truncation keeps are tokenised; the spans index the whole text."""
+    if max_length is not None and len(text) > cut_bound(max_length):
+        bound = cut_bound(max_length)
+        start = len(text) - bound if keep_end else 0
+        piece = text[start:] if keep_end else text[:bound]
+        ids, off = _tokenize(tokenizer, piece, add_special_tokens, what, label)
+        if len(ids) >= max_length + CUT_MARGIN:
+            shifted = [(a + start, b + start) for a, b in off]
+            return ids, contiguous_spans(shifted, start + len(piece), start=start), len(text) - bound
+    ids, off = _tokenize(tokenizer, text, add_special_tokens, what, label)
+    return ids, contiguous_spans(off, len(text)), 0
+
+
 def encode(
     tokenizer: Any,
     prompt: Text,
@@ -141,7 +171,9 @@ def encode(
     Args:
         tokenizer: a fast (offset-capable) Hugging Face tokenizer.
         prompt, response: text or chat messages (TRL's standard or conversational schema).
-        max_length: int | None; longer sequences are cut with a warning saying how many tokens went.
+        max_length: int | None; longer sequences are cut with a warning saying how many tokens went (a text
+            over `cut_bound(max_length)` characters is cut to that before tokenising, so memory follows
+            max_length, not the text's length; the tokens kept are the same).
         truncation_mode: "keep_end" (default, drop from the prompt's start) or "keep_start" (drop the end).
         add_eos: append the EOS token to the response (as TRL does), default True.
         label: how to name the sequence in the truncation warning.
@@ -152,10 +184,11 @@ def encode(
         raise ConfigError("truncation_mode", truncation_mode, "'keep_end', 'keep_start'")
     prompt_text, templated = render_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
     response_text = message_text(response)
-    p_ids, p_off = _tokenize(tokenizer, prompt_text, add_special_tokens=not templated, what="prompt", label=label)
-    r_ids, r_off = _tokenize(tokenizer, response_text, add_special_tokens=False, what="response", label=label)
-    p_spans = contiguous_spans(p_off, len(prompt_text))
-    r_spans = contiguous_spans(r_off, len(response_text))
+    keep_end = truncation_mode == "keep_end"
+    p_ids, p_spans, p_cut = _tokenize_within(tokenizer, prompt_text, not templated, "prompt", label, max_length,
+                                             keep_end)
+    r_ids, r_spans, r_cut = _tokenize_within(tokenizer, response_text, False, "response", label, max_length,
+                                             keep_end)
     if add_eos and tokenizer.eos_token_id is not None:
         r_ids.append(tokenizer.eos_token_id)
         r_spans.append((len(response_text), len(response_text)))
@@ -171,14 +204,19 @@ def encode(
         else:
             ids, spans = ids[:max_length], spans[:max_length]
             start = min(start, max_length)
-        log.warning(
-            "%s: sequence of %d tokens truncated to max_length=%d (%d tokens cut from the %s)",
-            label or "sequence", len(ids) + cut, max_length, cut,
-            "start" if truncation_mode == "keep_end" else "end",
-        )
+        where = "start" if truncation_mode == "keep_end" else "end"
+        if p_cut or r_cut:  # only the kept end of a long text was tokenised: its full token count is unknown
+            log.warning(
+                "%s: sequence of more than %d tokens truncated to max_length=%d (%d characters cut from the %s "
+                "before tokenising, then %d tokens)", label or "sequence", len(ids) + cut, max_length,
+                p_cut + r_cut, where, cut)
+        else:
+            log.warning("%s: sequence of %d tokens truncated to max_length=%d (%d tokens cut from the %s)",
+                        label or "sequence", len(ids) + cut, max_length, cut, where)
     return EncodedSequence(
         input_ids=ids, response_start=start, prompt_text=prompt_text, response_text=response_text,
         tokens=tokenizer.convert_ids_to_tokens(ids), char_spans=spans, truncated=cut,
+        chars_untokenised=p_cut + r_cut,
     )
 
 

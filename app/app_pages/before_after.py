@@ -4,6 +4,7 @@ overlaid and the change in preference accuracy and margins."""
 
 import streamlit as st
 
+from app import state
 from app.app_pages import compare_view, pair_view, pickers
 
 st.title("Before / after training")
@@ -20,7 +21,7 @@ with left:
 with right:
     value = st.radio("Shade by", ["weight", "score"], key=pickers.kept("ba_value"), horizontal=True)
 
-st.subheader(f"Pair {pair.id}")
+st.subheader(f"Pair {state.md_literal(pair.id)}")
 pair_view.show_prompt(pair)
 compare_view.show_before_after_pair(run, base, dataset, pair.id, method, value)
 

@@ -3,13 +3,14 @@ self-contained HTML report."""
 
 import streamlit as st
 
+from app import state
 from app.app_pages import export_view, pickers
 
 st.title("Export")
 dataset, pair = pickers.require_pair()
 
 what = st.radio("Selection", ["pair", "dataset"], key=pickers.kept("export_what"), horizontal=True,
-                format_func=lambda w: f"this pair ({pair.id})" if w == "pair" else "the dataset subset")
+                format_func=lambda w: f"this pair ({state.md_literal(pair.id)})" if w == "pair" else "the dataset subset")
 selection = export_view.export_selection(dataset, pair, what)
 
 st.subheader("Table")

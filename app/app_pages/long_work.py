@@ -17,10 +17,10 @@ from tiviz.errors import TivizError
 @contextmanager
 def progress(label: str) -> Iterator[state.Progress]:
     """A progress bar for long work, removed when it ends."""
-    bar = st.progress(0.0, text=label)
+    bar = st.progress(0.0, text=state.md_literal(label))
 
     def update(fraction: float, message: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{label}: {message}")
+        bar.progress(min(max(fraction, 0.0), 1.0), text=state.md_literal(f"{label}: {message}"))
 
     try:
         yield update

@@ -13,6 +13,7 @@ from app import jobs, state
 from tiviz.data import PreferencePair
 from tiviz.errors import TivizError
 
+PAGE = 1000  # pairs listed at once by the pair picker (more are reached by search or page)
 METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "implicit_reward")
 
 
@@ -55,13 +56,38 @@ def sidebar() -> None:
             st.session_state["_dataset"] = state.load_sample(choice)
         dataset = current_dataset()
         if dataset is not None:
-            ids = dataset.ids
-            if st.session_state.get("pair") not in ids:
-                st.session_state["pair"] = ids[0]
-            st.selectbox("Pair", ids, key="pair", format_func=lambda i: _pair_label(dataset.pair(i)),
-                         help=f"{len(ids)} pairs in {dataset.name}")
+            pair_picker(dataset)
         st.divider()
-        st.caption(f"Model: {state.base_model_id()}  \nRuns folder: {state.runs_dir().name}/")
+        st.caption(f"Model: {state.md_literal(state.base_model_id())}  \n"
+                   f"Runs folder: {state.md_literal(state.runs_dir().name + '/')}")
+
+
+def pair_picker(dataset: state.Dataset) -> None:
+    """The pair, shown by id and prompt. Up to `PAGE` pairs: one list. More: a search box (id or prompt text)
+    and pages of `PAGE` pairs, so a sidebar draw sends at most `PAGE` labels to the browser."""
+    if not dataset.has(st.session_state.get("pair")):
+        st.session_state["pair"] = dataset.pairs[0].id
+    n = len(dataset.pairs)
+    help_text = f"{n:,} pairs in {state.md_literal(dataset.name)}"
+    if n <= PAGE:
+        options = dataset.ids
+    else:
+        query = st.text_input("Find a pair", key="pair_search", placeholder="part of an id or prompt",
+                              help=f"Shows the first {PAGE:,} pairs whose id or prompt contains this text")
+        if query.strip():
+            options = dataset.find(query, limit=PAGE)
+            if not options:
+                st.caption("No pair matches.")
+        else:
+            pages = -(-n // PAGE)
+            page = st.number_input(f"Page (of {pages:,})", 1, pages, 1, key="pair_page",
+                                   help=f"{PAGE:,} pairs per page, in file order")
+            start = (int(page) - 1) * PAGE
+            options = [p.id for p in dataset.pairs[start : start + PAGE]]
+        current = st.session_state["pair"]
+        if current not in options:  # the pair on show stays pickable while another page is listed
+            options = [current, *options]
+    st.selectbox("Pair", options, key="pair", format_func=lambda i: _pair_label(dataset.pair(i)), help=help_text)
 
 
 def _from_query_params() -> None:
@@ -70,7 +96,7 @@ def _from_query_params() -> None:
     if name in state.SAMPLES:
         st.session_state["dataset"] = name
         pair = st.query_params.get("pair")
-        if pair in state.load_sample(name).ids:
+        if state.load_sample(name).has(pair):
             st.session_state["pair"] = pair
 
 
@@ -117,8 +143,8 @@ def require_pair() -> tuple[state.Dataset, PreferencePair]:
     """The dataset and pair chosen in the sidebar; stops the page with a hint when there is none."""
     dataset = require_dataset()
     pid = st.session_state.get("pair")
-    if pid not in dataset.ids:
-        pid = dataset.ids[0]
+    if not dataset.has(pid):
+        pid = dataset.pairs[0].id
     return dataset, dataset.pair(pid)
 
 
@@ -181,14 +207,22 @@ def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) ->
 
 @st.cache_resource(show_spinner=False)
 def job_manager() -> jobs.JobManager:
-    """The process-wide training jobs (one may run at a time)."""
-    return jobs.JobManager(max_running=1)
+    """The process-wide training jobs (one may run at a time; jobs a previous app left running are adopted)."""
+    return jobs.JobManager(max_running=1, runs_dir=state.runs_dir())
 
 
 def finished_runs() -> list[jobs.RunInfo]:
     """Finished runs in the runs folder, minus other sessions' jobs in progress."""
-    hidden = job_manager().running_elsewhere(state.session_id())
-    return [r for r in jobs.list_runs(state.runs_dir(), exclude=hidden) if r.finished]
+    return [r for r in _visible_runs() if r.finished]
+
+
+def damaged_runs() -> list[jobs.RunInfo]:
+    """Runs whose final model fails its checks (`RunInfo.problem` says why)."""
+    return [r for r in _visible_runs() if r.state == "damaged"]
+
+
+def _visible_runs() -> list[jobs.RunInfo]:
+    return jobs.list_runs(state.runs_dir(), exclude=job_manager().running_elsewhere(state.session_id()))
 
 
 def run_picker(key: str) -> state.ModelChoice:

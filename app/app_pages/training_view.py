@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs, state
-from app.app_pages.pickers import AFTER_RUN, finished_runs, job_manager
+from app.app_pages.pickers import AFTER_RUN, damaged_runs, finished_runs, job_manager
 from tiviz import viz
 from tiviz.errors import TivizError
 
@@ -75,7 +75,7 @@ def start_training(dataset: state.Dataset, preset: str, max_steps: int, override
         req = jobs.TrainRequest(pairs=Path(dataset.path), model=state.training_model_arg(), preset=preset,
                                 out=out, max_steps=max_steps, overrides=overrides)
         job_manager().start(state.session_id(), req)
-        st.success(f"Started {run_name}.")
+        st.success(f"Started {state.md_literal(run_name)}.")
     except TivizError as err:
         st.session_state["_train_error"] = state.describe_error(err)
         st.error(st.session_state["_train_error"])
@@ -103,12 +103,28 @@ def _live_job() -> None:
         st.rerun()  # the job ended: redraw the page, with the runs list, once (and stop refreshing)
 
 
+def job_sidebar() -> None:
+    """This session's running job on every page: its progress and Cancel (`JobManager.cancel`)."""
+    job = job_manager().job_of(state.session_id())
+    if job is None or not job.alive():
+        return
+    status = job.status()
+    with st.sidebar:
+        st.text(f"Training {job.name}: {status.get('state')}, step {status.get('step') or 0} of "
+                f"{status.get('total_steps') or '?'}")
+        if st.button("Cancel training", key="sidebar_cancel", disabled=job.stop_requested is not None):
+            job_manager().cancel(state.session_id())
+            st.rerun()
+
+
 def _job_view(job: jobs.Job) -> None:
     """Progress, the loss / reward-margin / accuracy charts, Cancel while it runs, the outcome after."""
     status = job.status()
+    if job.adopted:
+        st.caption("This job was started before the app restarted; any session may cancel it.")
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     frac = min(step / total, 1.0) if total else 0.0
-    st.progress(frac, text=f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}")
+    st.progress(frac, text=state.md_literal(f"{job.name}: {status.get('state', '?')}, step {step} of {total or '?'}"))
     metrics = job.metrics()
     if len(metrics):
         cols = st.columns(3)
@@ -119,22 +135,25 @@ def _job_view(job: jobs.Job) -> None:
         st.caption("Waiting for the first logged step…")
     if job.alive():
         if st.button("Cancel training", key="train_cancel", disabled=job.stop_requested is not None):
-            how = job.request_cancel()
+            how = job_manager().cancel(state.session_id())
             st.info("Asked the trainer to stop: it saves a checkpoint after this step and exits."
                     if how == "request" else "Training process terminated.")
     elif status.get("state") == "finished" and status.get("returncode") == 0:
-        st.success(f"{job.name} finished: compare it on the Before / after page.")
+        st.success(f"{state.md_literal(job.name)} finished: compare it on the Before / after page.")
     else:
-        st.warning(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')}).")
+        st.warning(state.md_literal(f"{job.name} ended ({status.get('state')}, exit code {status.get('returncode')})."))
     with st.expander("Trainer log"):
         st.code(job.log_tail() or "(empty)", language=None)
 
 
 def runs_table() -> None:
-    """The finished runs, and a button that opens one on the Before / after page."""
+    """The finished runs, and a button that opens one on the Before / after page; damaged runs with why."""
+    for r in damaged_runs():
+        st.warning("A run's saved model is damaged and cannot be loaded:")
+        st.code(r.problem, language=None)
     runs = finished_runs()
     if not runs:
-        st.caption(f"No finished runs in {state.runs_dir()} yet.")
+        st.caption(f"No finished runs in {state.md_literal(state.runs_dir())} yet.")
         return
     import datetime as dt
 

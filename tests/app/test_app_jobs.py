@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from app import jobs
 from tiviz.cli import build_parser
@@ -31,7 +33,7 @@ def test_status_and_runs_listing(tmp_path):
     done = tmp_path / "done"
     (done / "final").mkdir(parents=True)
     (done / "final" / "config.json").write_text("{}")
-    (done / "final" / "model.safetensors").write_bytes(b"x")
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(done / "final" / "model.safetensors"))
     (done / "status.json").write_text(json.dumps({"state": "finished", "step": 5, "total_steps": 5}))
     running = tmp_path / "running"
     running.mkdir()
@@ -47,8 +49,8 @@ def test_status_and_runs_listing(tmp_path):
 
 def test_cancel_before_training_starts_terminates(tmp_path):
     manager = jobs.JobManager(max_running=1)
-    job = jobs.Job(owner="s1", run_dir=tmp_path, command=["sleep"],
-                   process=subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    job = jobs.Job.of("s1", tmp_path, subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                       start_new_session=True), ["sleep"])
     manager._jobs["s1"] = job
     assert job.status()["state"] == "starting"
     with pytest.raises(jobs.JobRefused, match="yours"):
@@ -85,3 +87,15 @@ def test_app_help_does_not_load_torch():
     assert "torch" not in subprocess.run(
         [sys.executable, "-c", "import sys, tiviz.commands.app; print(' '.join(sys.modules))"],
         capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_train_page_shows_a_damaged_run_and_does_not_offer_it(new_app, finished_run):
+    weights = finished_run / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])  # a copy cut short
+    at = new_app()
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning] == ["A run's saved model is damaged and cannot be loaded:"]
+    [code] = [c.value for c in at.code if "model.safetensors" in c.value]
+    assert "truncated" in code and "trained" in code
+    assert "No finished runs" in " ".join(c.value for c in at.caption)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,10 +39,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def browser_tmp(tmp_path_factory) -> Path:
+    """The served app's temporary folder: its runs folder is `runs/` in it."""
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def server(browser_tmp):
     """The app served by `streamlit run` on a free port, with the tiny model; stopped after the module."""
     port = free_port()
-    tmp = tmp_path_factory.mktemp("browser")
+    tmp = browser_tmp
     env = {**os.environ, "TIVIZ_APP_MODEL": "tiny", "TIVIZ_RUNS_DIR": str(tmp / "runs"),
            "TIVIZ_CACHE_DIR": str(tmp / "cache"), "TMPDIR": str(tmp)}
     log = open(tmp / "streamlit.log", "wb")
@@ -130,4 +137,84 @@ def test_hostile_upload_renders_as_text(server, browser, tmp_path):
     page.mouse.move(10, 10)
     page.wait_for_timeout(500)
     assert not dialogs, dialogs
+    page.close()
+
+
+EVIL_IMAGE = "![x](https://evil.example/b.png)"
+EVIL_LINK = "[verify your account](https://evil.example/)"
+# Records every img / a element pointing at the payloads' host that is ever added to the page (progress texts
+# and tooltips come and go), and every request made to it.
+WATCH_EVIL = """
+window.__evil = [];
+const look = (node) => {
+  if (!(node instanceof Element)) return;
+  for (const el of [node, ...node.querySelectorAll("img, a, image, source")]) {
+    const url = el.getAttribute("src") || el.getAttribute("href") || el.getAttribute("srcset") || "";
+    if (url.includes("evil.example")) window.__evil.push(el.outerHTML.slice(0, 200));
+  }
+};
+new MutationObserver((records) => records.forEach((r) => {
+  r.addedNodes.forEach(look);
+  if (r.type === "attributes") look(r.target);
+})).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ["src", "href"]});
+"""
+
+
+def shown(text: str) -> re.Pattern:
+    """`text` as it shows on the page: escape_markdown adds invisible word joiners (U+2060) to stop autolinks."""
+    return re.compile("\u2060?".join(map(re.escape, text)))
+
+
+CHOSEN_TEXT_IS = """(want) => {
+  const block = document.querySelector(".tiviz-tokens[data-method='tidpo']");
+  return block && [...block.querySelectorAll(".tok:not(.tok-special)")].map((e) => e.textContent).join("") === want;
+}"""
+
+
+def test_dataset_text_never_becomes_markdown(server, browser, browser_tmp, tmp_path):
+    """Pair ids and the file name holding Markdown images and links reach the sidebar, Before / after (its
+    subheader), Export (its radio options) and the tooltips as text: no img or a with the payloads' host is ever
+    in the DOM, and the browser requests nothing from it."""
+    from tiviz.models import LoadedModel, save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    run = browser_tmp / "runs" / "trained"
+    save_model(LoadedModel(tiny_model(seed=1), tiny_tokenizer(), "tiny-seed1"), run / "final")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 3, "total_steps": 3, "pid": 0}))
+    rows = [{"id": EVIL_IMAGE, "prompt": "Q " + EVIL_IMAGE, "chosen": "Yes.", "rejected": "No."},
+            {"id": EVIL_LINK, "prompt": "Q " + EVIL_LINK, "chosen": "Sure.", "rejected": "Nope."}]
+    path = tmp_path / "![x](https:evil.example) [verify](https:evil.example).jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    requested: list[str] = []
+    page.route("**/*evil.example*/**", lambda route: (requested.append(route.request.url), route.abort()))
+    page.add_init_script(WATCH_EVIL)
+    page.goto(server)
+    page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
+    page.locator(".tiviz-tokens[data-method='tidpo']").first.wait_for(timeout=120_000)
+    page.get_by_role("combobox", name="Dataset").click()
+    page.get_by_role("option", name="upload a file…").click()
+    page.locator("input[type=file]").set_input_files(str(path))
+    page.wait_for_function(CHOSEN_TEXT_IS, arg="Yes.", timeout=120_000)  # the first pair's shaded response
+    for icon in page.get_by_test_id("stSidebar").get_by_test_id("stTooltipIcon").all():  # the help texts
+        icon.hover()
+        page.wait_for_timeout(300)
+    assert page.evaluate("window.__evil") == []
+    page.get_by_text(shown(f"pairs in {path.name}")).wait_for(timeout=10_000)  # the file name's tooltip, as text
+
+    page.get_by_role("link", name="Export").click()
+    page.get_by_text("HTML report").wait_for(timeout=120_000)
+    assert page.evaluate("window.__evil") == []
+    page.get_by_text(shown(f"this pair ({EVIL_IMAGE})")).wait_for(timeout=10_000)
+    page.get_by_role("link", name="Before / after").click()
+    page.locator(".tiviz-tokens").first.wait_for(timeout=120_000)
+    assert page.evaluate("window.__evil") == []
+    page.get_by_text(shown(f"Pair {EVIL_IMAGE}")).wait_for(timeout=10_000)
+    page.get_by_role("combobox", name="Pair").click()  # the options list, with the link payload
+    page.get_by_role("option").filter(has_text=EVIL_LINK).click()
+    page.get_by_text(shown(f"Pair {EVIL_LINK}")).wait_for(timeout=120_000)
+    page.wait_for_load_state("networkidle")
+    assert page.locator("img[src*='evil.example'], a[href*='evil.example']").count() == 0
+    assert page.evaluate("window.__evil") == []
+    assert requested == []
     page.close()

@@ -195,3 +195,40 @@ def test_report_json_blocks_cannot_close_their_script(hostile_page):
     joined = "".join(labels)
     assert "&lt;img src=x onerror=alert(&quot;id&quot;)&gt;" in joined  # the hostile id reached the plots
     assert "<img" not in joined and "<svg" not in joined and "<script" not in joined
+
+
+MARKDOWN_PAYLOADS = [
+    "![x](https://evil.example/b.png)", "[verify your account](https://evil.example/)", "<https://evil.example/>",
+    "https://evil.example/x", "www.evil.example", "me@evil.example", "**bold** _it_ ~~s~~ `code`", "# heading",
+    "> quote", "- item", "1. item", "<img src=x onerror=alert(1)>", ":red[red] :material/search:", "$x^2$",
+    "[a]: https://evil.example/ref\n[a]", "line\n\n    code block", "a\\*b", "&lt;b&gt; &amp;", "x|y\n-|-\n1|2",
+]
+
+
+def rendered(markdown: str) -> str:
+    md = pytest.importorskip("markdown_it").MarkdownIt("commonmark")
+    return md.render(markdown)
+
+
+@pytest.mark.parametrize("text", MARKDOWN_PAYLOADS)
+def test_escape_markdown_renders_as_one_plain_paragraph(text):
+    from tiviz.safe_html import escape_markdown
+
+    out = escape_markdown(text)
+    page = rendered(out)
+    tags = re.findall(r"<\s*(/?\w+)", page)
+    assert tags == ["p", "/p"], page
+    import html
+
+    shown = html.unescape(page[3:-5]).replace("\u2060", "")
+    assert shown == re.sub(r"\r\n|[\r\n]", " ", text)
+
+
+@fuzz(200)
+@given(text=any_text)
+def test_escape_markdown_fuzz(text, fuzz_counter):
+    from tiviz.safe_html import escape_markdown
+
+    fuzz_counter["escaping: escape_markdown"] += 1
+    page = rendered(escape_markdown(text))
+    assert set(re.findall(r"<\s*(/?\w+)", page)) <= {"p", "/p"}, page

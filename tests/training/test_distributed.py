@@ -56,8 +56,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, ti
 
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["global_batch"] == 4
-    assert sorted((run / "checkpoints" / "step-0000003").glob("rng_state_*.pt")) == [
-        run / "checkpoints" / "step-0000003" / f"rng_state_{r}.pt" for r in (0, 1)]
+    assert sorted((run / "checkpoints" / "step-0000003").glob("random_states_*.pkl")) == [
+        run / "checkpoints" / "step-0000003" / f"random_states_{r}.pkl" for r in (0, 1)]
     one = {r["step"]: r for r in read_metrics(tmp_path / "one") if "loss" in r}
     two = {r["step"]: r for r in read_metrics(run) if "loss" in r}
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))

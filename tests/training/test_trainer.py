@@ -11,7 +11,9 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,14 +153,15 @@ def test_fresh_start_over_a_run_and_resume_without_checkpoints_are_refused(tmp_p
 
 @pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_checkpoint_loses_nothing(tmp_path, tiny_model_dir, tiny_pairs_file):
-    """`tiviz train` is paused (test hook) after writing the model file of checkpoint 4 and before its optimizer
+    """`tiviz train` is paused (tests/training/pausing_cli.py) after writing the model file of checkpoint 4 and before its optimizer
     file, then SIGKILLed. Resuming drops the partial folder, restarts from checkpoint 2, and steps 3-4 come out as
     the killed run logged them; the log holds every step once, and the run finishes."""
     run = tmp_path / "run"
     args = ["train", "--model", str(tiny_model_dir), "--pairs", str(tiny_pairs_file), "--out", str(run),
             "--preset", "paper", *fast_flags(max_steps=5, save_steps=2)]
-    env = {**subprocess_env(), "TIVIZ_CHECKPOINT_PAUSE": "4:model.safetensors"}
-    proc = subprocess.Popen(tiviz_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pausing = [sys.executable, str(Path(__file__).with_name("pausing_cli.py")), "4", "model.safetensors"]
+    proc = subprocess.Popen([*pausing, *args], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     marker = run / ".checkpoint-paused"
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -167,7 +170,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_loses_nothing(tmp_path, tiny_mode
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (run / "checkpoints" / ".tmp-step-0000004" / "model.safetensors").exists()
-    assert not (run / "checkpoints" / ".tmp-step-0000004" / "optimizer.pt").exists()
+    assert not (run / "checkpoints" / ".tmp-step-0000004" / "optimizer.bin").exists()
     before = losses(run)
     assert sorted(before) == [1, 2, 3, 4]
     assert read_status(run)["state"] == "running"  # killed: nothing got to say otherwise

@@ -25,6 +25,7 @@ from tiviz.attribution.gradient import grad_x_input, gradient_norm, shared_embed
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
 from tiviz.attribution.methods import METHODS, resolve_methods
+from tiviz.attribution.occlusion import occlusion_for_target
 from tiviz.attribution.targets import target_positions, target_value_at, token_logps
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
@@ -184,6 +185,10 @@ def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg
             out[m] = (s, fx, delta)
         elif m == "attention":
             out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
+        elif m == "occlusion":
+            s, v = occlusion_for_target(model, tokenizer, batch, cfg.target, sign, ref_model=ref_model,
+                                        beta=cfg.beta, removal=cfg.occlusion_removal)
+            out[m] = (s, v, None)
         elif m == "implicit_reward":
             assert ref_tok is not None
             with torch.inference_mode():

@@ -30,6 +30,8 @@ METHODS: dict[str, MethodInfo] = {
                    False, False, False),
         MethodInfo("tidpo", "TI-DPO hybrid weights: L1 gradient of the max final logit, normalised, mixed "
                    "with a Gaussian prior, mean 1 over the span", False, False, False),
+        MethodInfo("occlusion", "leave-one-out: the target minus the target with the token's embedding replaced "
+                   "by the removal embedding (the same removal as `tiviz evaluate`)", True, False, True),
         MethodInfo("implicit_reward", "per-token implicit reward beta * (log pi - log pi_ref); all zeros "
                    "while the policy equals its reference", True, True, False),
     )

@@ -2,9 +2,9 @@
 
 `attribute_to_dir` splits the pairs into shards of `shard_size`, attributes each and writes it as one Parquet
 table (temp file, fsync, rename: a shard file is whole or absent). A `manifest.json` records what the run is:
-model, methods, settings, and a SHA-256 of every shard's pair ids and texts. A rerun into the same folder skips
-every shard whose file is complete and carries the manifest's hash; a rerun with other settings or other data
-refuses to mix with the results there. Several processes (`accelerate launch`) share one folder: process `rank`
+model (id, revision and a fingerprint of its weights), methods, settings, and a SHA-256 of every shard's pair
+ids and texts. A rerun into the same folder skips every shard whose file is complete and carries the manifest's
+hash; a rerun with other weights, settings or data refuses to mix with the results there. Several processes (`accelerate launch`) share one folder: process `rank`
 of `world_size` takes the shards with `index % world_size == rank`; `merge_shards` then joins them into one table.
 """
 
@@ -35,8 +35,8 @@ SHARD_KEY = "shard"  # provenance entry of a shard table: its index and pair has
 # Test hook: after writing this many shards, start the next shard's temp file, then SIGKILL the process.
 KILL_ENV = "TIVIZ_TEST_KILL_AFTER_SHARDS"
 # Manifest entries that must agree before a folder's shards may be reused ("data" names the file only).
-_IDENTITY = ("format", "model_id", "model_revision", "reference_model", "methods", "settings", "shard_size",
-             "n_pairs", "tiviz_version", "shards")
+_IDENTITY = ("format", "model_id", "model_revision", "model_weights", "reference_model", "reference_weights",
+             "methods", "settings", "shard_size", "n_pairs", "tiviz_version", "shards")
 
 
 @dataclass
@@ -78,8 +78,12 @@ def build_manifest(
     model_revision: str | None,
     reference_model: str | None,
     data_info: dict[str, Any] | None = None,
+    model_weights: str | None = None,
+    reference_weights: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a sharded run: everything that decides its results, and each shard's pair hash."""
+    """The manifest of a sharded run: everything that decides its results (the weights by their fingerprint,
+    `tiviz.attribution.cache.weights_fingerprint`, since a local folder has no revision), and each shard's pair
+    hash."""
     from tiviz import __version__
 
     shards = plan_shards(pairs, shard_size)
@@ -87,7 +91,9 @@ def build_manifest(
         "format": FORMAT,
         "model_id": model_id,
         "model_revision": model_revision,
+        "model_weights": model_weights,
         "reference_model": reference_model,
+        "reference_weights": reference_weights,
         "methods": list(methods),
         "settings": cfg.to_dict(),
         "shard_size": shard_size,
@@ -170,11 +176,14 @@ def attribute_to_dir(
     if out.exists() and not out.is_dir():
         raise TableError(f"{out}: is a file, not a folder. Fix: give --shard-dir a folder (new or from a run)")
     out.mkdir(parents=True, exist_ok=True)
+    from tiviz.attribution.cache import weights_fingerprint
+
     manifest = build_manifest(
         pairs, names, cfg, shard_size, model_id=_model_id(model, model_id),
         model_revision=getattr(model, "revision", None),
         reference_model=getattr(getattr(ref_model, "config", None), "name_or_path", None) if ref_model else None,
-        data_info=data_info,
+        data_info=data_info, model_weights=weights_fingerprint(getattr(model, "model", model)),
+        reference_weights=weights_fingerprint(getattr(ref_model, "model", ref_model)) if ref_model else None,
     )
     existing = read_manifest(out)
     if existing is None:

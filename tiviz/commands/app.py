@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise TivizError(f"{script}: the app is not here. Fix: run `tiviz app` from a source checkout of tiviz "
                          "(the app ships with the repository, not the package)")
     print(f"tiviz app: http://{args.address}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
-    try:
-        return subprocess.call(build_command(args), env=build_env(args))
-    except KeyboardInterrupt:
-        return 130
+    cmd = build_command(args)
+    # become the Streamlit process, so that SIGTERM and Ctrl-C reach the server (which then ends its training
+    # jobs, app/jobs.py) instead of killing a wrapper and leaving the server and its jobs running
+    os.execve(cmd[0], cmd, build_env(args))

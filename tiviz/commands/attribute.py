@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
+from tiviz.commands import (
+    add_cache_flags,
+    add_dataclass_flags,
+    cache_arg,
+    check_limit,
+    check_table_out,
+    dataclass_overrides,
+)
 from tiviz.config import AttributionConfig
 
 
@@ -49,17 +56,21 @@ def run(args: argparse.Namespace) -> int:
 
     from tiviz.attribution import attribute, resolve_methods
     from tiviz.data import file_sha256, load_pairs
+    from tiviz.errors import ConfigError
     from tiviz.models import load_model
     from tiviz.table import PROVENANCE_KEY, write_table
 
+    # Every option is checked before the data, the model or any attribution is touched.
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
     methods = resolve_methods(args.methods)
+    check_table_out(args.out)
+    check_limit(args.limit)
     if args.resume and not args.shard_dir:
-        from tiviz.errors import ConfigError
-
         raise ConfigError("resume", True, "--resume only together with --shard-dir DIR")
+    if args.shard_dir and args.shard_size < 1:
+        raise ConfigError("shard_size", args.shard_size, "an integer >= 1")
     pairs = load_pairs(args.pairs, on_error=args.on_error)
-    if args.limit:
+    if args.limit is not None:
         pairs = pairs[: args.limit]
     if args.shard_dir:
         return _run_sharded(args, cfg, methods, pairs)

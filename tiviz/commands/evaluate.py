@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, dataclass_overrides
+from tiviz.commands import add_cache_flags, add_dataclass_flags, cache_arg, check_limit, dataclass_overrides
 from tiviz.config import AttributionConfig
 
 
@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-random", type=int, default=5, help="random permutations per sequence (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random rankings (default: 0)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the perturbation forwards")
+    p.add_argument("--randomisation-check", action="store_true",
+                   help="also attribute the pairs with a copy of the model whose weight matrices are re-drawn at "
+                   "random (seed --seed) and report each method's Spearman with its own randomised attributions "
+                   "(Adebayo et al. 2018; docs/EVALUATION.md)")
     p.add_argument("--perturb-batch-size", type=int, default=32, help="perturbed sequences per forward")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -55,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from tiviz.table import read_table
 
     cfg = AttributionConfig(**dataclass_overrides(args, AttributionConfig))
+    check_limit(args.limit)
     all_pairs = load_pairs(args.pairs)
-    pairs = all_pairs[: args.limit] if args.limit else all_pairs
+    pairs = all_pairs[: args.limit] if args.limit is not None else all_pairs
     table = None
     if args.table:
         full = read_table(args.table)
@@ -103,8 +108,17 @@ def run(args: argparse.Namespace) -> int:
     if len(pairs) < len(all_pairs):
         print(f"projected for all {len(all_pairs)} pairs of {args.pairs}: about {work / n * len(all_pairs) / 60:.1f} "
               "min (same settings, this machine)")
+    check = None
+    if args.randomisation_check:
+        from tiviz.evaluation.sanity import randomisation_check
+
+        check = randomisation_check(loaded, pairs, table=ev.table, seed=args.seed, value=args.rank_by,
+                                    ref_model=ref, config=cfg)
+        print("\nmodel-randomisation check\n" + check.to_text())
     if args.out:
         paths = ev.write(args.out)
+        if check is not None:
+            paths += check.write(args.out)
         if args.report:
             from pathlib import Path
 

@@ -103,8 +103,8 @@ def perturbed_targets(
         if cached:
             pre = model(inputs_embeds=emb[None, :P], attention_mask=torch.ones(1, P, dtype=torch.long, device=device),
                         position_ids=torch.arange(P, device=device)[None], use_cache=True)
-            cache = pre["cache"] if "cache" in pre.keys() else pre.past_key_values
-            cache_arg = _cache_argument(model)
+            cache = returned_cache(pre)
+            cache_arg = cache_argument(model)
             lead = torch.log_softmax(pre.logits[0, -1].float(), -1)[labels[0]]  # log p(y_0 | prompt), fixed
         for s in range(0, keep_t.shape[0], step):
             k = keep_t[s : s + step]  # (N, n)
@@ -131,9 +131,14 @@ def perturbed_targets(
     return out
 
 
-def _cache_argument(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """The forward's key/value-cache keyword: `cache` (transformers >= 5.2x) or `past_key_values` (before)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward returned (`cache` or, before transformers 5.2x, `past_key_values`)."""
+    return output["cache"] if "cache" in output.keys() else output.past_key_values
 
 
 @dataclass
@@ -200,6 +205,18 @@ def faithfulness_curves(
     )
 
 
+def add_log_ratio(curves: SequenceCurves, reference: SequenceCurves) -> SequenceCurves:
+    """`curves` with a "log_ratio" target added: log pi - log pi_ref under the same perturbations (the reference
+    model's curves built from the same rankings), which beta scales into the implicit reward. Returns `curves`."""
+    curves.full["log_ratio"] = curves.full["logprob"] - reference.full["logprob"]
+    curves.empty["log_ratio"] = curves.empty["logprob"] - reference.empty["logprob"]
+    for kind in ("deletion", "insertion"):
+        mine, theirs = getattr(curves, kind), getattr(reference, kind)
+        for name in mine:
+            mine[name]["log_ratio"] = mine[name]["logprob"] - theirs[name]["logprob"]  # (F,)
+    return curves
+
+
 def summarise(curves: SequenceCurves, name: str, target: str = "logprob",
               curve_fractions: Sequence[float] = CURVE_FRACTIONS,
               eraser_fractions: Sequence[float] = ERASER_FRACTIONS) -> dict[str, float]:
@@ -225,10 +242,52 @@ def summarise(curves: SequenceCurves, name: str, target: str = "logprob",
     }
 
 
+def margin_scores(curves: SequenceCurves, name: str, side: str, target: str = "logprob", scale: float = 1.0,
+                  curve_fractions: Sequence[float] = CURVE_FRACTIONS) -> dict[str, float]:
+    """Pair-level faithfulness of one side of a pair: how the margin M = f(chosen) - f(rejected) moves when this
+    side's top tokens are removed (or kept alone), signed so that higher is more faithful (docs/EVALUATION.md,
+    "Pair-level faithfulness").
+
+    The other side stays intact, so M changes by the side's sign (+1 chosen, -1 rejected) times the change of
+    its own score `f = scale * target`. Removing chosen's top tokens should lower M, removing rejected's should
+    raise it:
+
+    - margin_deletion = mean over q of -sign * (M(x without the side's top q) - M(x));
+    - margin_insertion = mean over q of sign * (M(only the side's top q kept) - M(the side emptied)).
+
+    Args:
+        side: "chosen" or "rejected"; scale: > 0 (beta for an implicit reward, else 1).
+    """
+    if side not in ("chosen", "rejected"):
+        raise ValueError(f"side must be 'chosen' or 'rejected', not {side!r}")
+    if not scale > 0:
+        raise ValueError("scale must be > 0: the margin's orientation comes from the side alone")
+    sign = 1.0 if side == "chosen" else -1.0  # the side's sign in M
+    fr = [round(float(q), 9) for q in curves.fractions]
+    at = [fr.index(round(float(q), 9)) for q in curve_fractions]
+    full, empty = scale * curves.full[target], scale * curves.empty[target]
+    deleted = scale * curves.deletion[name][target][at]  # (Q,) the side's f with its top q removed
+    kept = scale * curves.insertion[name][target][at]  # (Q,) the side's f with only its top q kept
+    change_deleted = sign * (deleted - full)  # (Q,) M(x without top q) - M(x)
+    change_kept = sign * (kept - empty)  # (Q,) M(only top q) - M(side emptied)
+    return {"margin_deletion": float(np.mean(-sign * change_deleted)),
+            "margin_insertion": float(np.mean(sign * change_kept))}
+
+
 def leave_one_out(model: Any, input_ids: Sequence[int] | np.ndarray, response_start: int, ref_emb: torch.Tensor,
-                  target: str = "logprob", *, batch_size: int = 32) -> np.ndarray:
-    """Occlusion: f(x) - f(x with response token i swapped for `ref_emb`), for every response token. (n,)"""
-    n = len(input_ids) - int(response_start)
-    keep = np.vstack([np.ones((1, n), bool), ~np.eye(n, dtype=bool)])  # (n + 1, n): intact, then one out
-    v = perturbed_targets(model, input_ids, response_start, keep, ref_emb, batch_size=batch_size)[target]
-    return v[0] - v[1:]
+                  target: str = "logprob") -> np.ndarray:
+    """Occlusion: f(x) - f(x with response token i swapped for `ref_emb`), for every response token. (n,)
+
+    The `occlusion` attribution method's computation (`tiviz.attribution.occlusion`) on one unpadded sequence."""
+    from tiviz.attribution.occlusion import Term, sequence_occlusion
+
+    if target not in BASE_TARGETS:
+        raise ConfigError("target", target, ", ".join(map(repr, BASE_TARGETS)))
+    device = next(model.parameters()).device
+    ids = torch.tensor(np.array(input_ids), dtype=torch.long, device=device)  # (L,)
+    resp = torch.arange(len(ids), device=device) >= int(response_start)  # (L,)
+    with torch.inference_mode():
+        emb = model.get_input_embeddings()(ids)  # (L, H)
+        eff, _ = sequence_occlusion([Term(model, 1.0, target)], emb, ids, resp,  # type: ignore[arg-type]
+                                    ref_emb.to(emb))
+    return eff[int(response_start):].cpu().numpy()

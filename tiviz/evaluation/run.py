@@ -21,7 +21,9 @@ from tiviz.errors import ConfigError, TableError
 from tiviz.evaluation.faithfulness import (
     CURVE_FRACTIONS,
     ERASER_FRACTIONS,
+    add_log_ratio,
     faithfulness_curves,
+    margin_scores,
     ranking,
     reference_embedding,
     summarise,
@@ -45,6 +47,10 @@ SCORES = (*PLAUSIBILITY, *FAITHFULNESS)
 SCORE_COLUMNS = ["method", *[c for s in SCORES for c in (s, f"{s}_random")], "positive_rate", "spearman_mean",
                  "kendall_mean", "target", "n_sequences", "n_rationale_sequences"]
 HIGHER_IS_BETTER = {s: s != "sufficiency" for s in SCORES}
+# Pair-level faithfulness (docs/EVALUATION.md): per side of the pair, how the margin moves; higher is better.
+MARGIN_SCORES = ("margin_deletion", "margin_insertion")
+MARGIN_COLUMNS = [f"{s}_{side}{r}" for s in MARGIN_SCORES for side in ("chosen", "rejected") for r in ("", "_random")]
+SCORE_COLUMNS += MARGIN_COLUMNS
 # The one label of each score, for tables, figures and reports (↓: lower is better). docs/EVALUATION.md.
 SCORE_LABELS = {"auprc": "AUPRC", "hit_at_k": "hit@k", "aopc_deletion": "AOPC deletion",
                 "aopc_insertion": "AOPC insertion", "comprehensiveness": "comprehensiveness",
@@ -222,6 +228,16 @@ def evaluate(
     prov = dict(table.attrs.get(PROVENANCE_KEY, {}) or {})
     by_id = {p.id: p for p in pairs}
     ref_emb = reference_embedding(lm, tokenizer, baseline) if faithfulness else None
+    # a reward or margin method with a reference explains beta (log pi - log pi_ref): perturb pi_ref too
+    reference = None
+    if faithfulness and ref_model is not None and target == "method" and any(
+            (prov.get("method_targets") or {}).get(m) in ("reward", "margin") for m in names):
+        ref_lm = ref_model.model if isinstance(ref_model, LoadedModel) else ref_model
+        reference = (ref_lm, reference_embedding(ref_lm, tokenizer, baseline))
+    elif faithfulness and target == "method" and prov.get("reference_model") and any(
+            (prov.get("method_targets") or {}).get(m) in ("reward", "margin") for m in names):
+        log.warning("evaluate: no ref_model given, so the reward methods' faithfulness holds log pi_ref fixed "
+                    "(beta x logprob); pass the reference model to perturb it too")
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     t1 = time.perf_counter()
@@ -232,7 +248,7 @@ def evaluate(
         faith: dict[str, dict[str, float]] = {m: {} for m in names}
         if faithfulness:
             faith = _faithfulness(lm, seq, names, ref_emb, target, prov, n_random, seed, eraser_fractions,
-                                  curve_fractions, batch_size, curve_rows)
+                                  curve_fractions, batch_size, curve_rows, reference)
         for m in names:
             rows.append({**base, "method": m, **plaus[m], **faith[m]})
         if progress:
@@ -279,8 +295,10 @@ def _plausibility(seq: TableSequence, pair: Any, names: list[str]) -> dict[str, 
 
 def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any, target: str,
                   prov: dict[str, Any], n_random: int, seed: int, eraser: Sequence[float], curve: Sequence[float],
-                  batch_size: int, curve_rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The four faithfulness scores per method on one sequence, and the same for random rankings."""
+                  batch_size: int, curve_rows: list[dict[str, Any]], reference: tuple[Any, Any] | None = None
+                  ) -> dict[str, dict[str, float]]:
+    """The faithfulness scores per method on one sequence, and the same for random rankings. `reference`:
+    (pi_ref, its removal embedding), perturbed alike for methods that explain the implicit reward."""
     n = seq.n_response
     key = [seed, zlib.crc32(seq.pair_id.encode("utf-8")), 0 if seq.side == "chosen" else 1]
     rng_random = np.random.default_rng([*key, 0])
@@ -291,18 +309,26 @@ def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any
     fractions = tuple(sorted(set(eraser) | set(curve)))
     curves = faithfulness_curves(model, seq.input_ids, seq.response_start, orders, ref_emb, fractions=fractions,
                                  batch_size=batch_size)
+    if reference is not None:
+        add_log_ratio(curves, faithfulness_curves(reference[0], seq.input_ids, seq.response_start, orders,
+                                                  reference[1], fractions=fractions, batch_size=batch_size))
     out: dict[str, dict[str, float]] = {}
     for m in names:
         if m not in orders:
             out[m] = {}
             continue
-        base, scale = _method_target(m, target, prov, seq.side)
+        base, scale = _method_target(m, target, prov, seq.side, "log_ratio" in curves.full)
         own = summarise(curves, m, base, curve, eraser)
         rand = [summarise(curves, f"random{r}", base, curve, eraser) for r in range(n_random)]
         out[m] = {"f_full": scale * curves.full[base], "f_empty": scale * curves.empty[base]}
         for s in FAITHFULNESS:
             out[m][s] = scale * own[s]
             out[m][f"{s}_random"] = scale * float(np.mean([r[s] for r in rand]))
+        own_margin = margin_scores(curves, m, seq.side, base, abs(scale), curve)
+        rand_margin = [margin_scores(curves, f"random{r}", seq.side, base, abs(scale), curve) for r in range(n_random)]
+        for s in MARGIN_SCORES:
+            out[m][s] = own_margin[s]
+            out[m][f"{s}_random"] = float(np.mean([r[s] for r in rand_margin]))
         for ranking_name, names_r in (("method", [m]), ("random", [f"random{r}" for r in range(n_random)])):
             for kind in ("deletion", "insertion"):
                 for j, q in enumerate(curves.fractions):
@@ -317,22 +343,27 @@ def _faithfulness(model: Any, seq: TableSequence, names: list[str], ref_emb: Any
     return out
 
 
-def _method_target(method: str, target: str, prov: dict[str, Any], side: str) -> tuple[str, float]:
-    """(base target, scale): the measured target is scale x base, up to a constant that differences cancel.
+def _method_target(method: str, target: str, prov: dict[str, Any], side: str,
+                   log_ratio: bool = False) -> tuple[str, float]:
+    """(base target, scale): the measured target is scale x base.
 
-    reward = beta (log pi - log pi_ref) with log pi_ref fixed, so it moves as beta x logprob; margin is the
-    reward (or the logprob, with no reference model) signed +1 for chosen, -1 for rejected.
+    reward = beta (log pi - log pi_ref): beta x the "log_ratio" curves when the reference was perturbed too
+    (`log_ratio`), else beta x logprob (pi_ref held fixed); margin is the reward (or the logprob, with no
+    reference model) signed +1 for chosen, -1 for rejected.
     """
     if target != "method":
         return target, 1.0
     t = (prov.get("method_targets") or {}).get(method)
     beta = float((prov.get("settings") or {}).get("beta", 0.1))
+    reward_base = "log_ratio" if log_ratio else "logprob"
     if t == "max_logit":
         return "max_logit", 1.0
     if t == "reward":
-        return "logprob", beta
+        return reward_base, beta
     if t == "margin":
-        return "logprob", (1.0 if side == "chosen" else -1.0) * (beta if prov.get("reference_model") else 1.0)
+        if not prov.get("reference_model"):
+            return "logprob", 1.0 if side == "chosen" else -1.0
+        return reward_base, (1.0 if side == "chosen" else -1.0) * beta
     return "logprob", 1.0
 
 
@@ -353,6 +384,11 @@ def _aggregate(per_seq: pd.DataFrame, agree: pd.DataFrame, names: list[str], tar
         row["target"] = ((prov.get("method_targets") or {}).get(m) or "logprob") if target == "method" else target
         row["n_sequences"] = int(g["aopc_deletion"].notna().sum()) if "aopc_deletion" in g else 0
         row["n_rationale_sequences"] = len(rat)
+        for s in MARGIN_SCORES:  # e.g. margin_deletion_rejected: the mean over the rejected sequences
+            for side in ("chosen", "rejected"):
+                for r in ("", "_random"):
+                    vals = g.loc[g["side"] == side, f"{s}{r}"] if f"{s}{r}" in g else pd.Series(dtype=float)
+                    row[f"{s}_{side}{r}"] = float(vals.mean()) if vals.notna().any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
@@ -370,6 +406,16 @@ def format_scores(scores: pd.DataFrame) -> str:
                      _num(r["spearman_mean"]).rjust(8) + str(int(r["n_sequences"])).rjust(6))
     lines.append("(in parentheses: a random ranking of the same tokens. ↓: lower is better. rho: mean Spearman "
                  "with the other methods. n: sequences.)")
+    margin = [c for c in MARGIN_COLUMNS if not c.endswith("_random")]
+    if all(c in scores for c in margin) and scores[margin].notna().any().any():
+        mheads = ["margin del. chosen", "margin del. rejected", "margin ins. chosen", "margin ins. rejected"]
+        mcells = [[f"{_num(r[c])} ({_num(r[f'{c}_random'])})" for c in margin] for _, r in scores.iterrows()]
+        mw = [max([len(h), *[len(c[i]) for c in mcells]]) + 2 for i, h in enumerate(mheads)]
+        lines += ["", "pair-level: the margin's move when one side's top tokens go (or stay alone), higher is "
+                  "more faithful",
+                  "method".ljust(width) + "".join(h.rjust(w) for h, w in zip(mheads, mw, strict=True))]
+        for (_, r), c in zip(scores.iterrows(), mcells, strict=True):
+            lines.append(str(r["method"]).ljust(width) + "".join(x.rjust(w) for x, w in zip(c, mw, strict=True)))
     return "\n".join(lines)
 
 

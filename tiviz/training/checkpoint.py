@@ -1,51 +1,55 @@
 """Training checkpoints that survive being killed at any moment, and are checked before they are trusted.
 
-A checkpoint is a folder `RUN/checkpoints/step-NNNNNNN/` holding
+The trainer's checkpoints are written by `accelerate` (`Accelerator.save_state`), so the model and optimizer are
+saved the way the run is distributed: whole under one process or DDP, per-rank shards under FSDP or DeepSpeed.
+tiviz adds what accelerate lacks: an atomic publish, a checksum manifest, and the fallback to the previous good
+checkpoint. A checkpoint is a folder `RUN/checkpoints/step-NNNNNNN/` holding
 
-    model.safetensors       the trainable parameters (every weight, or only the LoRA adapter's)
-    optimizer.pt            optimizer state_dict   (torch.save; read back with torch.load(weights_only=True))
-    scheduler.pt            LR-scheduler state_dict (the same)
-    rng_state_R.pt          torch / CUDA / Python / NumPy RNG states of process R (the same)
-    trainer_state.json      step, epoch, total steps
-    manifest.json           sha256 and size of every file above, written last
+    (accelerate's files)    model.safetensors, optimizer.bin, random_states_R.pkl (or FSDP / DeepSpeed shards)
+    scheduler.pt            LR-scheduler state_dict (torch.save; read back with torch.load(weights_only=True))
+    trainer_state.json      step, epoch, total steps, world size
+    manifest.json           sha256 and size of every other file (subfolders included), written last
+
+`save_checkpoint` / `load_checkpoint` keep a simpler single-process layout for plain state dicts
+(model.safetensors, optimizer.pt, scheduler.pt, rng_state_0.pt), under the same manifest and publish.
 
 It is written into `RUN/checkpoints/.tmp-step-NNNNNNN/`, every file fsynced, then renamed into place in one
-`os.rename` (atomic on POSIX) and the parent folder fsynced. A folder without a manifest, or whose files do not
-match it, is not a checkpoint: `latest_good_checkpoint` skips it, with a warning, for the one before.
+`os.rename` (atomic on POSIX) and the parent folder fsynced. A folder without a manifest, with a malformed one,
+with files that do not match it, or with files it does not list, is not a checkpoint: `latest_good_checkpoint`
+skips it, with a warning, for the one before.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tiviz.errors import TivizError
+from tiviz.data import file_sha256  # noqa: F401  (checkpoint users check files with it)
+from tiviz.training.runfolder import (
+    CHECKPOINTS,
+    MANIFEST,
+    CheckpointError,
+    check_files,
+    fsync_path,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tiviz-checkpoint/1"
-CHECKPOINTS = "checkpoints"
-MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
+SCHEDULER_FILE = "scheduler.pt"
+TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
-PAUSE_ENV = "TIVIZ_CHECKPOINT_PAUSE"
-"""Test hook: "STEP:FILE" makes the writer stop for good right after writing FILE of checkpoint STEP (after
-touching `RUN/.checkpoint-paused`), so a test can SIGKILL it mid-write at a known point."""
-
-
-class CheckpointError(TivizError):
-    """A checkpoint that is missing files, fails its checksums, or cannot be read."""
 
 
 @dataclass
@@ -67,44 +71,6 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_name(step: int) -> str:
     return f"step-{step:07d}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _pause_hook(run_dir: Path, step: int, filename: str) -> None:
-    want = os.environ.get(PAUSE_ENV)
-    if want and want == f"{step}:{filename}":
-        (run_dir / ".checkpoint-paused").write_text(f"{step}:{filename}\n")
-        log.warning("%s=%s: pausing mid-checkpoint until killed", PAUSE_ENV, want)
-        while True:
-            time.sleep(3600)
 
 
 # ---------------------------------------------------------------------------------------------- RNG states
@@ -162,7 +128,6 @@ def write_rng_state(tmp: Path, rank: int) -> None:
     """Every process writes its own RNG states into the temporary folder."""
     path = tmp / f"rng_state_{rank}.pt"
     torch.save(get_rng_state(), path)
-    _fsync_file(path)
 
 
 def finish_checkpoint(
@@ -176,7 +141,7 @@ def finish_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write the main process's files and the manifest, fsync, rename into place, prune old checkpoints.
+    """Write plain state dicts (single-process layout) into `tmp`, then `publish_checkpoint` it.
 
     Args:
         tmp: the folder from `begin_checkpoint` (RNG states already in it).
@@ -191,32 +156,25 @@ def finish_checkpoint(
     """
     from safetensors.torch import save_file
 
-    run_dir = Path(run_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-    _fsync_file(tmp / MODEL_FILE)
-    _pause_hook(run_dir, step, MODEL_FILE)
-    for name, obj in (("optimizer.pt", optimizer_state), ("scheduler.pt", scheduler_state)):
-        torch.save(obj, tmp / name)
-        _fsync_file(tmp / name)
-        _pause_hook(run_dir, step, name)
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    _fsync_file(tmp / "trainer_state.json")
-    files = {
-        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(tmp.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {"format": FORMAT, "step": step, "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / MANIFEST)
-    _pause_hook(run_dir, step, MANIFEST)
-    _fsync_dir(tmp)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / SCHEDULER_FILE)
+    return publish_checkpoint(tmp, run_dir, step, trainer_state=trainer_state, keep=keep)
+
+
+def publish_checkpoint(tmp: Path, run_dir: str | Path, step: int, *, trainer_state: dict[str, Any],
+                       keep: int = 2) -> Path:
+    """Write trainer_state.json and the manifest of everything in `tmp`, fsync, rename into place, prune old
+    checkpoints (main process only, after every process has written its files). Returns the final folder."""
+    run_dir = Path(run_dir)
+    (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+    write_manifest(tmp, FORMAT, step=step)
     final = checkpoint_root(run_dir) / step_name(step)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -243,6 +201,104 @@ def save_checkpoint(
     )
 
 
+# ---------------------------------------------------------------------------------------------- accelerate
+
+
+def save_state_checkpoint(
+    accelerator: Any,
+    run_dir: str | Path,
+    step: int,
+    *,
+    scheduler_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Path | None:
+    """Checkpoint a prepared model and optimizer with `accelerator.save_state` (every process must call it: under
+    FSDP / DeepSpeed each writes its shards), then manifest and publish it on the main process.
+
+    Frozen parameters (a LoRA run's base weights) are left out of the model file: they come from the base model.
+    The scheduler is saved by tiviz, not accelerate (the trainer does not prepare it; see `TIDPOTrainer`).
+    Returns the checkpoint folder on the main process, None on the others.
+    """
+    tmp = checkpoint_root(run_dir) / f".tmp-{step_name(step)}"
+    if accelerator.is_main_process:
+        begin_checkpoint(run_dir, step)
+    accelerator.wait_for_everyone()
+    handle = accelerator.register_save_state_pre_hook(_drop_frozen)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        handle.remove()
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        torch.save(scheduler_state, tmp / SCHEDULER_FILE)
+        path = publish_checkpoint(tmp, run_dir, step, trainer_state=trainer_state, keep=keep)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _drop_frozen(models: list[Any], weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """`save_state` pre-hook: remove frozen parameters from the state dicts about to be written, tied copies
+    included (found by storage), in place so that accelerate still de-duplicates the rest."""
+    for model, state in zip(models, weights, strict=False):
+        frozen = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
+        for name in [k for k, v in state.items() if v.data_ptr() in frozen]:
+            del state[name]
+
+
+def load_state_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
+    """Verify a checkpoint of `save_state_checkpoint`, restore model, optimizer and this process's RNG with
+    `accelerator.load_state`, and return {"trainer_state": ..., "scheduler_state": ...}.
+
+    Raises:
+        CheckpointError: the checkpoint fails `verify_checkpoint`, its parameters are not the model's (another
+            model, or another --use-lora setting), or it cannot be read.
+    """
+    from accelerate.utils import DistributedType
+
+    path = Path(path)
+    verify_checkpoint(path)
+    if (path / "optimizer.pt").exists():
+        raise CheckpointError(f"{path}: a checkpoint of the plain layout (`save_checkpoint`, also written by tiviz "
+                              "before its checkpoints used accelerate), which the trainer cannot resume. Fix: "
+                              "start a new run")
+    kwargs: dict[str, Any] = {}
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        for model in accelerator._models:  # the file holds the trainable parameters only: check them by name
+            _check_names(path, model)
+        kwargs["strict"] = False
+    if not (path / f"random_states_{accelerator.process_index}.pkl").exists():
+        log.warning("%s has no RNG state for process %d; sampling will differ from the original run", path,
+                    accelerator.process_index)
+    try:
+        accelerator.load_state(str(path), **kwargs)
+        scheduler_state = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
+        trainer_state = json.loads((path / TRAINER_STATE).read_text())
+    except Exception as err:  # torch/safetensors/accelerate raise many kinds for damaged or foreign files
+        raise CheckpointError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
+    return {"trainer_state": trainer_state, "scheduler_state": scheduler_state}
+
+
+def _check_names(path: Path, model: Any) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / MODEL_FILE), framework="pt") as fh:
+            saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read {MODEL_FILE} ({type(err).__name__}: {err})") from err
+    want = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(want) - set(saved))[:3], sorted(set(saved) - set(model.state_dict()))[:3]
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: parameters do not match the model (missing {missing}, unexpected {extra}). Fix: resume with "
+            "the same model and --use-lora setting the run started with")
+    for name, shape in want.items():
+        if saved[name] != shape:
+            raise CheckpointError(f"{path}: {name} has shape {saved[name]}, the model {shape}")
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
@@ -258,8 +314,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check a checkpoint against its manifest; return the manifest.
 
+    The manifest must list at least one file, each with its size and sha256, and every file in the folder: a file
+    it does not list would be loaded unchecked.
+
     Raises:
-        CheckpointError: no or unreadable manifest, a listed file missing, or a size or sha256 mismatch.
+        CheckpointError: no, unreadable or malformed manifest, a listed file missing, a size or sha256 mismatch,
+            or a file the manifest does not list.
     """
     path = Path(path)
     try:
@@ -268,16 +328,9 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no {MANIFEST} (the checkpoint was not finished)") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable {MANIFEST} ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {MANIFEST} is not a {FORMAT} manifest")
-    for name, info in manifest["files"].items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: file {name} listed in the manifest is missing")
-        if f.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, the manifest says {info['bytes']}")
-        if file_sha256(f) != info["sha256"]:
-            raise CheckpointError(f"{path}: {name} fails its sha256 checksum (corrupt)")
+    check_files(path, manifest.get("files"), error=CheckpointError)
     return manifest
 
 
@@ -318,10 +371,10 @@ def load_checkpoint(path: str | Path, rank: int = 0, *, verify: bool = True) -> 
     try:
         model_state = load_file(str(path / MODEL_FILE))
         optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        scheduler_state = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
+        scheduler_state = torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True)
         rng_path = path / f"rng_state_{rank}.pt"
         rng_state = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.exists() else None
-        trainer_state = json.loads((path / "trainer_state.json").read_text())
+        trainer_state = json.loads((path / TRAINER_STATE).read_text())
     except Exception as err:  # torch/safetensors raise many kinds for damaged files
         raise CheckpointError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
     step = int(trainer_state.get("step", manifest.get("step") or 0))

@@ -55,15 +55,18 @@ from tiviz.training.fixed_weights import FixedWeights, importance_table
 from tiviz.training.metrics import MetricsWriter, truncate_after
 from tiviz.training.reference import Reference
 from tiviz.training.runfolder import (  # noqa: F401  (read_status, request_stop: the trainer's public API)
+    FINAL_FORMAT,
     METRICS_FILE,
     TOKEN_WEIGHTS,
     State,
+    check_resume_model,
     clear_stop,
     final_dir,
     read_run_config,
     read_status,
     request_stop,
     stop_requested,
+    write_manifest,
     write_run_config,
     write_status,
 )
@@ -234,7 +237,8 @@ class TIDPOTrainer:
         # schedule depend on the number of processes
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                        num_training_steps=self.total_steps)
-        self.model = self.accelerator.prepare(policy)
+        # the optimizer is prepared with the model so that `save_state` saves it as the run is distributed
+        self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self._stop_signal = False
         self._elapsed_before = 0.0
 
@@ -414,65 +418,27 @@ class TIDPOTrainer:
 
     # ------------------------------------------------------------------------------------------ state
 
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
-
     def save_checkpoint(self, step: int) -> Path | None:
         """Checkpoint after `step` optimizer steps (every process must call it). Returns the folder on main."""
-        acc = self.accelerator
-        tmp = ckpt.checkpoint_root(self.run_dir) / f".tmp-{ckpt.step_name(step)}"
-        if self.is_main:
-            ckpt.begin_checkpoint(self.run_dir, step)
-        acc.wait_for_everyone()
-        ckpt.write_rng_state(tmp, self.rank)
-        acc.wait_for_everyone()
-        path = None
-        if self.is_main:
-            path = ckpt.finish_checkpoint(
-                tmp, self.run_dir, step,
-                model_state=self._trainable_state(),
-                optimizer_state=self.optimizer.state_dict(),
-                scheduler_state=self.scheduler.state_dict(),
-                trainer_state={"epoch": step / self.order.steps_per_epoch, "total_steps": self.total_steps,
-                               "world_size": self.world, "elapsed_s": self._elapsed(),
-                               "lora": self.use_lora},
-                keep=self.config.save_total_limit,
-            )
-        acc.wait_for_everyone()
-        return path
+        return ckpt.save_state_checkpoint(
+            self.accelerator, self.run_dir, step, scheduler_state=self.scheduler.state_dict(),
+            trainer_state={"epoch": step / self.order.steps_per_epoch, "total_steps": self.total_steps,
+                           "world_size": self.world, "elapsed_s": self._elapsed(), "lora": self.use_lora},
+            keep=self.config.save_total_limit)
 
     def load_checkpoint(self, path: str | Path) -> int:
         """Restore parameters, optimizer, scheduler and this process's RNG from a checkpoint; return its step."""
-        ck = ckpt.load_checkpoint(path, self.rank)
-        params = dict(self.policy.named_parameters())
-        trainable = {n for n, p in params.items() if p.requires_grad}
-        if set(ck.model_state) != trainable:
-            missing = sorted(trainable - set(ck.model_state))[:3]
-            extra = sorted(set(ck.model_state) - trainable)[:3]
-            raise ckpt.CheckpointError(
-                f"{path}: parameters do not match the model (missing {missing}, unexpected {extra}). Fix: resume "
-                "with the same model and --use-lora setting the run started with")
-        with torch.no_grad():
-            for name, value in ck.model_state.items():
-                if params[name].shape != value.shape:
-                    raise ckpt.CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the model "
-                                               f"{tuple(params[name].shape)}")
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
-        self.optimizer.load_state_dict(ck.optimizer_state)
-        self.scheduler.load_state_dict(ck.scheduler_state)
-        if ck.trainer_state.get("total_steps", self.total_steps) != self.total_steps:
-            self._replan_schedule(ck.trainer_state.get("total_steps"))
-        if ck.rng_state is not None:
-            ckpt.set_rng_state(ck.rng_state)
-        else:
-            log.warning("%s has no RNG state for process %d; sampling will differ from the original run",
-                        path, self.rank)
-        saved_world = ck.trainer_state.get("world_size", self.world)
+        back = ckpt.load_state_checkpoint(self.accelerator, path)
+        trainer_state = back["trainer_state"]
+        self.scheduler.load_state_dict(back["scheduler_state"])
+        if trainer_state.get("total_steps", self.total_steps) != self.total_steps:
+            self._replan_schedule(trainer_state.get("total_steps"))
+        saved_world = trainer_state.get("world_size", self.world)
         if saved_world != self.world:
             log.warning("%s was written by %d processes, resuming on %d: the data order changes", path,
                         saved_world, self.world)
-        self._elapsed_before = float(ck.trainer_state.get("elapsed_s", 0.0))
-        return ck.step
+        self._elapsed_before = float(trainer_state.get("elapsed_s", 0.0))
+        return int(trainer_state["step"])
 
     def _replan_schedule(self, old_total: Any) -> None:
         """A resume that changes the number of steps: put the learning rate where the new schedule has it now
@@ -524,6 +490,7 @@ class TIDPOTrainer:
         info = {"base_model": self.loaded.model_id, "steps": self.total_steps, "data": self.data_info,
                 "tidpo": self.config.to_dict(), **self.extra_run_info}
         (tmp / "tiviz_training.json").write_text(json.dumps(info, indent=1, default=str))
+        write_manifest(tmp, FINAL_FORMAT)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -548,6 +515,7 @@ class TIDPOTrainer:
         self._t0 = time.perf_counter()
         start = 0
         if resume:
+            check_resume_model(self.run_dir, self.loaded.model_id)
             if self.is_main:
                 ckpt.remove_partial(self.run_dir)
             acc.wait_for_everyone()
