@@ -235,16 +235,23 @@ def describe_error(err: Exception) -> str:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which model a page explains: a base model, or a finished run (then its base model is its reference)."""
+    """Which scorer a page explains (`tiviz.scoring`): a base model (its likelihood), a finished run (its implicit
+    reward, with its base model as the reference), or a reward-model folder (its score)."""
 
     label: str
     key: str  # cache key: the model id, or the run's folder and modification time
     base: str  # the base model id: the model itself, or the one the run started from (its reference)
     run: str | None = None  # run name inside runs_dir()
+    reward_model: str | None = None  # reward-model folder name inside runs_dir()
 
     @property
     def has_reference(self) -> bool:
         return self.run is not None
+
+    @property
+    def kind(self) -> str:
+        """The scorer kind: likelihood, implicit_reward or reward_model."""
+        return "reward_model" if self.reward_model else "implicit_reward" if self.run else "likelihood"
 
 
 def base_choice(model_id: str | None = None) -> ModelChoice:
@@ -271,6 +278,33 @@ def run_choice(name: str) -> ModelChoice:
     return ModelChoice(label=f"run: {name}", key=f"run:{final}:{stamp}", run=name, base=run_base_model(name))
 
 
+def reward_model_folders() -> list[str]:
+    """The reward-model folders in the runs folder (config.json architectures *ForSequenceClassification)."""
+    from tiviz.models import is_reward_model_folder
+
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and SAFE_NAME.match(p.name)
+                  and is_reward_model_folder(p))
+
+
+def reward_model_choice(name: str) -> ModelChoice:
+    """A reward-model folder in the runs folder as the scorer; its key changes if its weights are rewritten."""
+    folder = inside(runs_dir(), name, what="reward model")
+    stamp = max((f.stat().st_mtime_ns for f in folder.glob("*") if f.is_file()), default=0)
+    return ModelChoice(label=f"reward model: {name}", key=f"rm:{folder}:{stamp}", base=str(folder),
+                       reward_model=name)
+
+
+@st.cache_resource(show_spinner="Loading the reward model (once per server)…", max_entries=2)
+def load_reward_folder(key: str, folder: str) -> LoadedModel:
+    """A reward-model folder (safetensors), cached by `key` (folder + time stamp)."""
+    from tiviz.models import load_reward_model
+
+    return load_reward_model(folder)
+
+
 @st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=2)
 def load_base_model(model_id: str) -> LoadedModel:
     """The base model by id, loaded once per process; `tiny` is the tiny random test model."""
@@ -292,6 +326,8 @@ def load_run_model(key: str, final_dir: str) -> LoadedModel:
 
 
 def get_model(choice: ModelChoice) -> LoadedModel:
+    if choice.reward_model is not None:
+        return load_reward_folder(choice.key, str(inside(runs_dir(), choice.reward_model, what="reward model")))
     if choice.run is None:
         return load_base_model(choice.base)
     final = inside(runs_dir(), choice.run, what="run") / "final"
@@ -301,6 +337,13 @@ def get_model(choice: ModelChoice) -> LoadedModel:
 def reference_for(choice: ModelChoice) -> Any | None:
     """The reference pi_ref for a choice: the run's base model for a run, none for a base model itself."""
     return load_base_model(choice.base).model if choice.has_reference else None
+
+
+def scorer_for(choice: ModelChoice, beta: float = 0.1) -> Any:
+    """The choice's `tiviz.scoring.Scorer`: likelihood, implicit reward against the run's base, or reward model."""
+    from tiviz.scoring import make_scorer
+
+    return make_scorer(get_model(choice), reference=reference_for(choice), beta=beta)
 
 
 @st.cache_resource(show_spinner=False)
@@ -405,8 +448,9 @@ def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], 
             if progress is not None:
                 progress(k / len(missing), f"{m}: 0/{len(pairs)} pairs (method {k + 1} of {len(missing)})")
             with compute_lock():
+                target = {"target": "reward"} if choice.kind == "reward_model" else {}  # its score: no logits
                 df = attribute(loaded, pairs, [m], ref_model=ref, progress=report, model_id=loaded.model_id,
-                               data_info=data_info(dataset, pair_ids), **(settings or {}))
+                               data_info=data_info(dataset, pair_ids), **{**target, **(settings or {})})
             cache.put(attribution_key(choice, dataset, pair_ids, m, settings), df)
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
     return for_reader(combine_tables([p for p in parts if p is not None]), dataset, pair_ids)
@@ -475,6 +519,30 @@ def preference_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[
     out = pd.DataFrame({"pair_id": lp["pair_id"].astype(str), "logp_chosen": lp["chosen"],
                         "logp_rejected": lp["rejected"], "logp_margin": lp["margin"], "reward_chosen": rw["chosen"],
                         "reward_rejected": rw["rejected"], "reward_margin": rw["margin"]})
+    cache.put(key, out)
+    return out
+
+
+def scorer_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], *, beta: float = 0.1,
+                  progress: Progress | None = None) -> pd.DataFrame:
+    """Per pair the choice's own scorer's score of both sides and its margin (`tiviz.scoring.score_pairs`):
+    pair_id, chosen, rejected, margin; `attrs["tiviz"]` names the scorer and its quantity."""
+    from tiviz.config import AttributionConfig
+    from tiviz.scoring import score_pairs
+
+    key = ("scorer", choice.key, dataset.key, tuple(pair_ids), beta)
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / max(total, 1), f"scoring {done}/{total} pairs")
+
+    with compute_lock():
+        out = score_pairs(scorer_for(choice, beta), [dataset.pair(i) for i in pair_ids],
+                          max_length=AttributionConfig().max_length, progress=report)
     cache.put(key, out)
     return out
 

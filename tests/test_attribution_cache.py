@@ -20,9 +20,9 @@ def calls(monkeypatch):
     seen: list[list[str]] = []
     real = core._score_batch
 
-    def counting(model, tokenizer, batch, names, cfg, ref_model):
+    def counting(scorer, batch, names, cfg):
         seen.append(list(names))
-        return real(model, tokenizer, batch, names, cfg, ref_model)
+        return real(scorer, batch, names, cfg)
 
     monkeypatch.setattr(core, "_score_batch", counting)
     return seen

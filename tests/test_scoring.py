@@ -187,3 +187,16 @@ def test_unexpected_parameters_are_refused(tmp_path, tok):
     save_file(tensors, lm / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match=r"not in the model.*extra_head"):
         load_model(str(lm), device="cpu")
+
+
+def test_a_run_folder_scores_its_final_model_against_its_base(tmp_path, tok, pairs):
+    base = save_model(tiny_model(seed=0), tmp_path / "base", tokenizer=tok)
+    run = tmp_path / "run"
+    save_model(tiny_model(seed=1), run / "final", tokenizer=tok)
+    (run / "config.json").write_text(json.dumps({"model": str(base), "tidpo": {}}))
+    scorer = load_scorer(str(run), beta=0.2, device="cpu")
+    assert scorer.kind == "implicit_reward" and scorer.provenance()["reference_id"] == str(base)
+    got = score_pairs(scorer, pairs[:2])
+    want = score_pairs(make_scorer(tiny_model(seed=1), reference=tiny_model(seed=0), beta=0.2, tokenizer=tok),
+                       pairs[:2])
+    assert np.allclose(got["margin"], want["margin"], atol=1e-6)

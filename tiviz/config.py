@@ -110,7 +110,7 @@ SETTING_SCOPE: dict[str, tuple[str, ...]] = {
     "norm": ("gradient",),
     "attention_agg": ("attention",),
     **dict.fromkeys(("lam", "sigma_divisor", "span", "weight_scale"), ("tidpo",)),
-    "beta": ("gradient", "grad_x_input", "integrated_gradients", "implicit_reward"),  # reward targets, rewards
+    "beta": ("gradient", "grad_x_input", "integrated_gradients", "implicit_reward", "token_score"),  # rewards
 }
 
 

@@ -127,16 +127,29 @@ class Scorer:
 
     def _token_terms(self, emb: torch.Tensor, batch: Batch) -> torch.Tensor:
         """(B, L) per-token terms of a likelihood or implicit-reward score, differentiable in `emb`."""
+        policy = self.policy_logps(batch, emb)  # (B, L)
+        if self.kind == "likelihood":
+            return policy
+        return self.beta * (policy - self.reference_logps(batch, emb))
+
+    def policy_logps(self, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`log pi(y_t | x, y_<t)` per response token, (B, L), 0 elsewhere; differentiable in `inputs_embeds`."""
         from tiviz.attribution.targets import response_positions
 
         positions, valid = response_positions(batch.response_mask)  # (B, K)
-        policy = policy_token_logps(self.model, emb, batch, positions, valid)  # (B, L)
-        if self.kind == "likelihood":
-            return policy
+        return policy_token_logps(self.model, inputs_embeds, batch, positions, valid)
+
+    def reference_logps(self, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """`log pi_ref(y_t | x, y_<t)` per response token, (B, L), with pi_ref evaluated at the policy's input point
+        `inputs_embeds` (plus the constant offset of its own embeddings), so gradients flow through pi_ref too."""
+        from tiviz.attribution.targets import response_positions
+
+        if self.kind != "implicit_reward":
+            raise ConfigError("reference", None, "a reference model (the implicit-reward scorer)")
+        positions, valid = response_positions(batch.response_mask)  # (B, K)
         with self._reference(batch.input_ids) as (ref, offset):
-            ref_emb = emb.to(offset.dtype) + offset  # (B, L, H): moves exactly as the policy's input moves
-            reference = policy_token_logps(ref, ref_emb, batch, positions, valid)  # (B, L)
-        return self.beta * (policy - reference)
+            ref_emb = inputs_embeds.to(offset.dtype) + offset  # (B, L, H): moves exactly as the policy's input
+            return policy_token_logps(ref, ref_emb, batch, positions, valid)
 
     @contextlib.contextmanager
     def _reference(self, input_ids: torch.Tensor) -> Iterator[tuple[Any, torch.Tensor]]:
@@ -270,7 +283,9 @@ def load_scorer(model: str, *, reference: str | None = None, beta: float = 0.1, 
         return make_scorer(load_reward_model(str(path), **opts))
     run = run_base_model(path)
     if run is not None:
-        policy = load_model(str(path / "final"), **opts)
+        from tiviz.training.runfolder import final_dir
+
+        policy = load_model(str(final_dir(path)), **opts)
         policy.model_id = f"{model} (final)"
         ref = load_model(reference or run, **opts)
         return make_scorer(policy, reference=ref, beta=beta)
@@ -279,17 +294,22 @@ def load_scorer(model: str, *, reference: str | None = None, beta: float = 0.1, 
 
 
 def run_base_model(folder: Path) -> str | None:
-    """The base model a tiviz training run folder started from (its config.json `model`), or None when
-    `folder` is not a finished run (no `final/` beside a run config)."""
-    config = folder / "config.json"
-    if not ((folder / "final").is_dir() and config.is_file()):
-        return None
-    from tiviz.training.trainer import read_run_config
+    """The base model a tiviz training run folder started from (its config.json `model`), or None when `folder`
+    is not a run folder (`tiviz.training.runfolder.is_run_folder`).
 
+    Raises:
+        ModelError: a run that has not finished (no `final/`) or whose config names no base model.
+    """
+    from tiviz.training.runfolder import RUN_CONFIG, final_dir, is_run_folder, read_run_config
+
+    if not is_run_folder(folder):
+        return None
+    if not final_dir(folder).is_dir():
+        raise ModelError(f"{folder}: a training run without {final_dir(folder).name}/. Fix: finish or resume the run")
     recorded = read_run_config(folder).get("model")
     if not isinstance(recorded, str) or not recorded:
-        raise ModelError(f"{config}: the run config names no base model (field 'model'). Fix: pass the "
-                         "reference explicitly")
+        raise ModelError(f"{folder / RUN_CONFIG}: the run config names no base model (field 'model'). Fix: pass "
+                         "the reference explicitly")
     return recorded
 
 

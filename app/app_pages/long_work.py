@@ -65,3 +65,9 @@ def scores(choice: state.ModelChoice, dataset: state.Dataset, pair_ids: Sequence
     """The pairs' preference scores under a progress bar."""
     with progress("Scoring") as update:
         return state.preference_scores(choice, dataset, pair_ids, progress=update)
+
+
+def scorer_scores(choice: state.ModelChoice, dataset: state.Dataset, pair_ids: Sequence[str]) -> pd.DataFrame:
+    """The pairs' scores under the choice's own scorer, under a progress bar."""
+    with progress("Scoring") as update:
+        return state.scorer_scores(choice, dataset, pair_ids, progress=update)

@@ -55,6 +55,19 @@ def show_scores(row: pd.Series, *, reference: bool) -> None:
                    "model becomes its reference.")
 
 
+def show_preference(table: pd.DataFrame) -> None:
+    """The scorer's margin for one pair (a row of `tiviz.scoring.score_pairs`) and which side it prefers."""
+    row = table.iloc[0]
+    quantity = table.attrs.get("tiviz", {}).get("quantity", "score")
+    c = st.columns(3)
+    c[0].metric("score (chosen)", f"{row['chosen']:+.3f}", help=quantity)
+    c[1].metric("score (rejected)", f"{row['rejected']:+.3f}", help=quantity)
+    c[2].metric("scorer margin", f"{row['margin']:+.3f}", help=f"{quantity}: chosen minus rejected")
+    winner = "the chosen response" if row["margin"] > 0 else "the rejected response" if row["margin"] < 0 else \
+        "neither response (a tie)"
+    st.markdown(f"The scorer ({quantity}) prefers **{winner}**.")
+
+
 def show_top_k(df: pd.DataFrame, key: str, default_k: int = 10) -> None:
     """A sortable table of the most important response tokens of each side (click a header to sort)."""
     k = st.slider("Top-k tokens", 3, 30, default_k, key=kept(f"{key}_k"))

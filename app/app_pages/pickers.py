@@ -14,7 +14,11 @@ from tiviz.data import PreferencePair
 from tiviz.errors import TivizError
 
 PAGE = 1000  # pairs listed at once by the pair picker (more are reached by search or page)
-METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "implicit_reward")
+METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "occlusion", "token_score",
+                "implicit_reward")
+METHOD_LABELS = {"tidpo": "tidpo (TI-DPO's training weights)",
+                 "token_score": "token_score (each token's own term of the score)"}
+NO_LOGITS = ("tidpo", "implicit_reward")  # methods a reward model cannot give (no LM logits, no reference)
 
 
 # ---------------------------------------------------------------------------------------------- kept widgets
@@ -160,35 +164,49 @@ def require_dataset() -> state.Dataset:
 # ---------------------------------------------------------------------------------------------- models, methods
 
 
-def model_picker(key: str, label: str = "Model") -> state.ModelChoice:
-    """The base model, or a finished run (then the base model is the reference for implicit rewards)."""
+def model_picker(key: str, label: str = "Model", *, reward_models: bool = False) -> state.ModelChoice:
+    """The scorer: the base model (its likelihood), a finished run (its implicit reward, the base model as the
+    reference), or with `reward_models` a reward-model folder in the runs folder (its score)."""
     runs = [r.name for r in finished_runs()]
-    options = ["__base__", *runs]
+    rms = [f"rm:{n}" for n in state.reward_model_folders()] if reward_models else []
+    options = ["__base__", *runs, *rms]
     kept(key)
     if st.session_state.get(key) not in options:
         st.session_state[key] = "__base__"
-    picked = st.selectbox(label, options, key=key,
-                          format_func=lambda o: state.base_choice().label if o == "__base__" else f"run: {o}",
-                          help="A finished training run is explained with the base model as its reference")
-    return state.base_choice() if picked == "__base__" else state.run_choice(picked)
+
+    def shown(o: str) -> str:
+        if o == "__base__":
+            return f"{state.base_choice().label} · likelihood"
+        return f"reward model: {o[3:]}" if o.startswith("rm:") else f"run: {o} · implicit reward"
+
+    picked = st.selectbox(label, options, key=key, format_func=shown,
+                          help="What is explained: the base model's likelihood log π(y|x); a finished run's "
+                               "implicit reward β (log π − log π_ref) with its base model as π_ref; or a reward "
+                               "model's score (a *ForSequenceClassification folder in the runs folder)")
+    if picked == "__base__":
+        return state.base_choice()
+    return state.reward_model_choice(picked[3:]) if picked.startswith("rm:") else state.run_choice(picked)
 
 
-def _method_options(reference: bool) -> list[str]:
-    """The methods to offer, in display order; implicit_reward only when there is a reference model."""
+def _method_options(reference: bool, reward_model: bool = False) -> list[str]:
+    """The methods to offer, in display order; implicit_reward only when there is a reference model, none that
+    reads LM logits for a reward model."""
     from tiviz.attribution.methods import METHODS
 
-    return [m for m in METHOD_ORDER if m in METHODS and (reference or not METHODS[m].needs_reference)]
+    return [m for m in METHOD_ORDER if m in METHODS and (reference or not METHODS[m].needs_reference)
+            and not (reward_model and m in NO_LOGITS)]
 
 
-def method_picker(key: str, *, reference: bool, default: str = "tidpo") -> str:
+def method_picker(key: str, *, reference: bool, reward_model: bool = False, default: str = "tidpo") -> str:
     """One attribution method; implicit_reward only when there is a reference model."""
     from tiviz.attribution.methods import METHODS
 
-    options = _method_options(reference)
+    options = _method_options(reference, reward_model)
     kept(key)
     if st.session_state.get(key) not in options:
         st.session_state[key] = default if default in options else options[0]
-    return st.selectbox("Method", options, key=key, help=METHODS[st.session_state[key]].description)
+    return st.selectbox("Method", options, key=key, format_func=lambda m: METHOD_LABELS.get(m, m),
+                        help=METHODS[st.session_state[key]].description)
 
 
 def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) -> list[str]:
@@ -199,7 +217,7 @@ def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) ->
         st.session_state[key] = [m for m in default if m in options]
     else:
         st.session_state[key] = [m for m in st.session_state[key] if m in options]
-    return list(st.multiselect("Methods", options, key=key))
+    return list(st.multiselect("Methods", options, key=key, format_func=lambda m: METHOD_LABELS.get(m, m)))
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -109,7 +109,8 @@ class AttributionCache:
     the least recently used entries are deleted.
     """
 
-    def __init__(self, folder: str | Path, model: Any, ref_model: Any | None, config: AttributionConfig) -> None:
+    def __init__(self, folder: str | Path, model: Any, ref_model: Any | None, config: AttributionConfig,
+                 scorer: dict[str, Any] | None = None) -> None:
         from tiviz import __version__
 
         self.folder = Path(folder)
@@ -117,6 +118,7 @@ class AttributionCache:
         self._context = json.dumps({
             "tiviz": __version__, "model": weights_fingerprint(model),
             "ref": weights_fingerprint(ref_model) if ref_model is not None else None,
+            "scorer": scorer,  # its kind (a PEFT policy scores alone or against itself without the adapter)
         }, sort_keys=True, default=str)
         self._expected: dict[str, _Expected] = {}
         self.hits = 0

@@ -10,8 +10,11 @@ positions the targets read.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +24,23 @@ import torch
 
 from tiviz.attribution.attention import attention_scores
 from tiviz.attribution.cache import AttributionCache, default_folder, side_major
-from tiviz.attribution.gradient import grad_x_input, gradient_norm, shared_embedding_gradients
+from tiviz.attribution.gradient import (
+    forward_logits,
+    frozen_parameters,
+    grad_x_input,
+    gradient_norm,
+    shared_embedding_gradients,
+)
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
 from tiviz.attribution.methods import METHODS, resolve_methods
-from tiviz.attribution.occlusion import occlusion_for_target
-from tiviz.attribution.targets import target_positions, target_value_at, token_logps
+from tiviz.attribution.occlusion import occlusion_for_target, scorer_occlusion
+from tiviz.attribution.targets import check_scorer_target, target_positions, target_value_at, through_scorer
 from tiviz.config import AttributionConfig
 from tiviz.data import PreferencePair, load_pairs
 from tiviz.errors import ConfigError
+from tiviz.models import LoadedModel
+from tiviz.scoring import QUANTITIES, Scorer, make_scorer
 from tiviz.table import COLUMNS, PROVENANCE_KEY, validate
 from tiviz.tokenization import (
     SIDES,
@@ -54,6 +65,7 @@ def attribute(
     *,
     tokenizer: Any | None = None,
     ref_model: Any | None = None,
+    scorer: Scorer | None = None,
     config: AttributionConfig | None = None,
     progress: Progress | None = None,
     model_id: str | None = None,
@@ -63,12 +75,17 @@ def attribute(
 ) -> pd.DataFrame:
     """Attribute every pair with every method; returns the tidy table (see `tiviz.table.COLUMNS`).
 
+    Every method explains a scorer's score (`tiviz.scoring`): a causal LM's likelihood, a policy's implicit reward
+    against `ref_model` (differentiated through both models), or a reward model's score.
+
     Args:
-        model: a `LoadedModel` or a Hugging Face causal LM (then pass `tokenizer`).
+        model: a `LoadedModel`, a Hugging Face causal LM or reward model (then pass `tokenizer`), or a `Scorer`.
         pairs: `PreferencePair`s, or anything `load_pairs` accepts (a path, a list of dicts).
         methods: ids from `list_methods()`, as a list or "a,b"; default gradient, integrated_gradients,
             attention, tidpo.
-        ref_model: the reference pi_ref, needed by `implicit_reward` and the `reward` target.
+        ref_model: the reference pi_ref (module or LoadedModel): the scorer becomes the implicit reward
+            beta * (log pi - log pi_ref), with beta from the settings.
+        scorer: a `Scorer` to explain (instead of `model` / `ref_model`).
         config: an `AttributionConfig`; `settings` override its fields (e.g. `n_steps=32`).
         progress: called as progress(pairs_done, pairs_total) after each batch.
         data_info: provenance of the data (file, sha256) recorded in the table.
@@ -77,20 +94,22 @@ def attribute(
     """
     cfg = AttributionConfig.from_dict({**(config.to_dict() if config else {}), **settings})
     names = resolve_methods(methods)
-    if tokenizer is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        provenance_model = model.provenance() if hasattr(model, "provenance") else {}
-        model = getattr(model, "model", model)
-    else:
-        provenance_model = {}
+    if isinstance(model, Scorer):
+        scorer, model = model, None
+    provenance_model = model.provenance() if isinstance(model, LoadedModel) else {}
+    if scorer is None:
+        if model is None:
+            raise ConfigError("model", None, "a model, a LoadedModel or a Scorer")
+        scorer = make_scorer(model, reference=ref_model, beta=cfg.beta, tokenizer=tokenizer, model_id=model_id)
+    elif ref_model is not None:
+        raise ConfigError("ref_model", "given with a scorer", "none: the scorer carries its reference")
+    tokenizer = scorer.tokenizer
     if tokenizer is None:
         raise ConfigError("tokenizer", None, "a tokenizer, or a LoadedModel that carries one")
     if not isinstance(pairs, list | tuple) or (pairs and not isinstance(pairs[0], PreferencePair)):
         pairs = load_pairs(pairs)
-    needs_ref = [m for m in names if METHODS[m].needs_reference]
-    if ref_model is None and (needs_ref or cfg.target == "reward"):
-        what = f"method {needs_ref[0]!r}" if needs_ref else "target 'reward'"
-        raise ConfigError("ref_model", None, f"a reference model: {what} compares the policy with pi_ref")
+    check_methods(scorer, names, cfg)
+    model = scorer.model
     model.eval()
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
@@ -99,7 +118,8 @@ def attribute(
                for p in pairs]
     store = None
     if cache:
-        store = AttributionCache(default_folder() if cache is True else Path(cache), model, ref_model, cfg)
+        store = AttributionCache(default_folder() if cache is True else Path(cache), model, scorer.reference, cfg,
+                                 scorer=scorer.provenance())
     # per pair and method: its cache key, and its rows from the cache or None (to compute)
     keys = [{m: store.key(p, e, m) for m in names} if store else {} for p, e in zip(pairs, encoded, strict=True)]
     parts: list[dict[str, pd.DataFrame | None]] = [
@@ -119,7 +139,7 @@ def attribute(
             chunk = [pairs[i] for i in group]
             seqs = [s for i in group for s in encoded[i]]
             batch = collate(seqs, pad, cfg.padding_side).to(device)  # type: ignore[arg-type]
-            scores = _score_batch(model, tokenizer, batch, list(missing), cfg, ref_model)
+            scores = _score_batch(scorer, batch, list(missing), cfg)
             for i, by_method in zip(group, _rows(chunk, seqs, batch, scores), strict=True):
                 parts[i].update(by_method)
                 if store:
@@ -132,94 +152,176 @@ def attribute(
     kept = [f for f in frames if len(f)]
     df = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=list(COLUMNS))
     df = validate(df)
-    df.attrs[PROVENANCE_KEY] = _provenance(model, provenance_model, model_id, names, cfg, ref_model, data_info)
+    df.attrs[PROVENANCE_KEY] = _provenance(scorer, provenance_model, model_id, names, cfg, data_info)
     if store:
         df.attrs[PROVENANCE_KEY]["cache"] = {"folder": str(store.folder), "reused": store.hits,
                                              "computed": store.misses}
     return df
 
 
+def check_methods(scorer: Scorer, names: Sequence[str], cfg: AttributionConfig) -> None:
+    """Raise `ConfigError` unless the scorer can give every method (and the configured target) asked for."""
+    needs_ref = [m for m in names if METHODS[m].needs_reference]
+    if scorer.kind != "implicit_reward" and (needs_ref or (cfg.target == "reward" and scorer.kind == "likelihood")):
+        what = f"method {needs_ref[0]!r}" if needs_ref else "target 'reward'"
+        raise ConfigError("ref_model", None, f"a reference model: {what} compares the policy with pi_ref")
+    if any(METHODS[m].uses_target for m in names):
+        check_scorer_target(scorer.kind, cfg.target)
+    if scorer.kind == "reward_model" and "tidpo" in names:
+        raise ConfigError("methods", "tidpo", "methods other than tidpo with a reward model (TI-DPO's weights "
+                          "read a causal LM's final logits)")
+
+
 MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+Gradients = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _score_batch(model: Any, tokenizer: Any, batch: Batch, names: list[str], cfg: AttributionConfig,
-                 ref_model: Any | None) -> MethodScores:
-    """(scores (B, L), target values (B,) or None, convergence delta (B,) or None) per method."""
-    B, L = batch.input_ids.shape
-    sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(B)], device=batch.input_ids.device)
-    ref_tok = None
-    ref_seq = torch.zeros(B, device=batch.input_ids.device)
-    if ref_model is not None:
-        with torch.inference_mode():
-            ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   position_ids=batch.position_ids, use_cache=False).logits
-            ref_tok = token_logps(ref_logits, batch.input_ids) * batch.response_mask  # (B, L)
-            ref_seq = ref_tok.sum(-1)
-            del ref_logits
-    scale = cfg.beta if ref_model is not None else 1.0
+@dataclass
+class BatchContext:
+    """What every method's scoring function reads for one padded batch (both sides of each pair)."""
 
+    scorer: Scorer
+    batch: Batch
+    cfg: AttributionConfig
+    sign: torch.Tensor  # (B,) +1 on chosen rows, -1 on rejected rows
+    grads: Gradients  # target name -> (d target / d embeddings (B, L, H), embeddings, target values (B,))
+
+
+MethodFn = Callable[[BatchContext], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+
+
+def gradient_targets(names: Sequence[str], cfg: AttributionConfig) -> list[str]:
+    """The targets whose embedding gradients the methods need (all from one forward)."""
     wanted = [cfg.target] if {"gradient", "grad_x_input"} & set(names) else []
     if "tidpo" in names and "max_logit" not in wanted:
         wanted.append("max_logit")
-    grads = _gradients(model, batch, wanted, sign, ref_seq, scale)
-    out: MethodScores = {}
-    for m in names:
-        if m == "gradient":
-            g, _, v = grads[cfg.target]
-            out[m] = (gradient_norm(g, cfg.norm), v, None)
-        elif m == "grad_x_input":
-            g, e, v = grads[cfg.target]
-            out[m] = (grad_x_input(g, e), v, None)
-        elif m == "tidpo":
-            g, _, v = grads["max_logit"]
-            span = batch.response_mask if cfg.span == "response" else batch.attention_mask.bool()
-            w = hybrid_weights(gradient_norm(g, "l1"), span, lam=cfg.lam, sigma_divisor=cfg.sigma_divisor,
-                               scale=cfg.weight_scale)  # type: ignore[arg-type]
-            out[m] = (w, v, None)
-        elif m == "integrated_gradients":
-            s, fx, _, delta = integrated_gradients(
-                model, tokenizer, batch, target=cfg.target, sign=sign, ref_logp=ref_seq, reward_scale=scale,
-                n_steps=cfg.n_steps, method=cfg.ig_method, baseline=cfg.ig_baseline, span=cfg.ig_span,
-                internal_batch_size=min(cfg.internal_batch_size, max(B, TOKENS_PER_FORWARD // L)),
-                tolerance=cfg.ig_tolerance, max_steps=cfg.ig_max_steps)
-            out[m] = (s, fx, delta)
-        elif m == "attention":
-            out[m] = (attention_scores(model, batch, cfg.attention_agg), None, None)
-        elif m == "occlusion":
-            s, v = occlusion_for_target(model, tokenizer, batch, cfg.target, sign, ref_model=ref_model,
-                                        beta=cfg.beta, removal=cfg.occlusion_removal)
-            out[m] = (s, v, None)
-        elif m == "implicit_reward":
-            assert ref_tok is not None
-            with torch.inference_mode():
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, use_cache=False).logits
-                pol = token_logps(logits, batch.input_ids) * batch.response_mask
-            r = cfg.beta * (pol - ref_tok)  # (B, L)
-            out[m] = (r, r.sum(-1), None)
-    return out
+    return wanted
 
 
-def _gradients(model: Any, batch: Batch, names: list[str], sign: torch.Tensor, ref_seq: torch.Tensor,
-               scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _score_batch(scorer: Scorer, batch: Batch, names: list[str], cfg: AttributionConfig) -> MethodScores:
+    """(scores (B, L), target values (B,) or None, convergence delta (B,) or None) per method."""
+    B = batch.input_ids.shape[0]
+    sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(B)], device=batch.input_ids.device)
+    ctx = BatchContext(scorer, batch, cfg, sign, _gradients(scorer, batch, gradient_targets(names, cfg), sign))
+    return {m: METHOD_FNS[m](ctx) for m in names}
+
+
+def _gradient(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    g, _, v = ctx.grads[ctx.cfg.target]
+    return gradient_norm(g, ctx.cfg.norm), v, None
+
+
+def _grad_x_input(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    g, e, v = ctx.grads[ctx.cfg.target]
+    return grad_x_input(g, e), v, None
+
+
+def _tidpo(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    cfg, batch = ctx.cfg, ctx.batch
+    g, _, v = ctx.grads["max_logit"]
+    span = batch.response_mask if cfg.span == "response" else batch.attention_mask.bool()
+    w = hybrid_weights(gradient_norm(g, "l1"), span, lam=cfg.lam, sigma_divisor=cfg.sigma_divisor,
+                       scale=cfg.weight_scale)  # type: ignore[arg-type]
+    return w, v, None
+
+
+def _integrated_gradients(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    cfg, batch = ctx.cfg, ctx.batch
+    B, L = batch.input_ids.shape
+    s, fx, _, delta = integrated_gradients(
+        ctx.scorer, batch, target=cfg.target, sign=ctx.sign, n_steps=cfg.n_steps, method=cfg.ig_method,
+        baseline=cfg.ig_baseline, span=cfg.ig_span,
+        internal_batch_size=min(cfg.internal_batch_size, max(B, TOKENS_PER_FORWARD // L)),
+        tolerance=cfg.ig_tolerance, max_steps=cfg.ig_max_steps)
+    return s, fx, delta
+
+
+def _attention(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    return attention_scores(ctx.scorer.model, ctx.batch, ctx.cfg.attention_agg), None, None
+
+
+def _token_score(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Each response token's own term of the score; the target value is the sequence's score."""
+    terms = ctx.scorer.token_scores(ctx.batch)  # (B, L)
+    if ctx.scorer.kind == "reward_model":
+        with torch.no_grad():
+            return terms, ctx.scorer.sequence_scores(ctx.batch), None
+    return terms, terms.sum(-1, dtype=torch.float64), None
+
+
+def _occlusion(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Leave-one-out of the configured target; through the scorer (both models, or a reward head) for the targets
+    that read it (`through_scorer`), else of the policy's own logits as the gradient methods."""
+    cfg, scorer = ctx.cfg, ctx.scorer
+    if through_scorer(scorer, cfg.target):
+        s, v = scorer_occlusion(scorer, ctx.batch, removal=cfg.occlusion_removal)
+        if cfg.target == "margin":
+            s, v = s * ctx.sign[:, None], v * ctx.sign
+        return s, v, None
+    s, v = occlusion_for_target(scorer.model, scorer.tokenizer, ctx.batch, cfg.target, ctx.sign,
+                                removal=cfg.occlusion_removal)
+    return s, v, None
+
+
+# One scoring function per method id (`tiviz.attribution.methods.METHODS`); `implicit_reward` is `token_score`
+# with a reference, under its old id.
+METHOD_FNS: dict[str, MethodFn] = {
+    "gradient": _gradient,
+    "grad_x_input": _grad_x_input,
+    "tidpo": _tidpo,
+    "integrated_gradients": _integrated_gradients,
+    "attention": _attention,
+    "occlusion": _occlusion,
+    "token_score": _token_score,
+    "implicit_reward": _token_score,
+}
+
+
+def _gradients(scorer: Scorer, batch: Batch, names: list[str], sign: torch.Tensor) -> Gradients:
     """(grads (B, L, H), embeddings, values (B,)) per target name, all from one forward.
 
-    The LM head runs only at the union of the positions the targets read (response positions for logprob,
-    reward and margin; the last valid position for max_logit).
+    Through a causal LM the LM head runs only at the union of the positions the targets read (response positions
+    for logprob, reward and margin; the last valid position for max_logit); with a reference, `reward` and
+    `margin` also run pi_ref at the same input point, so their gradients go through both models. A reward
+    model's targets read its score.
     """
     if not names:
         return {}
+    if scorer.kind == "reward_model":
+        signs = [sign if name == "margin" else torch.ones_like(sign) for name in names]
+        signed = [functools.partial(_times, factor=s) for s in signs]
+        with frozen_parameters(scorer.model):
+            grads, emb, values = shared_embedding_gradients(
+                scorer.model, batch, signed, forward=lambda e: scorer.sequence_scores(batch, e))
+        return {n: (g, emb, v) for n, g, v in zip(names, grads, values, strict=True)}
     spans = [target_positions(n, batch.attention_mask, batch.response_mask) for n in names]
     positions = torch.cat([p for p, _ in spans], dim=1)  # (B, K1 + K2 + ...)
+    via_ref = [through_scorer(scorer, n) for n in names]
+    zero = torch.zeros(batch.input_ids.shape[0], device=batch.input_ids.device)
+
+    def forward(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = forward_logits(scorer.model, emb, batch.attention_mask, batch.position_ids, positions)  # (B, K, V)
+        ref = scorer.reference_logps(batch, emb).sum(-1) if any(via_ref) else zero  # (B,) log pi_ref(y|x)
+        return logits, ref
+
+    def value(out: tuple[torch.Tensor, torch.Tensor], name: str, pos: torch.Tensor, valid: torch.Tensor,
+              cols: slice, ref: bool) -> torch.Tensor:
+        return target_value_at(name, out[0][:, cols], pos, valid, batch.input_ids, sign, out[1] if ref else zero,
+                               scorer.beta if ref else 1.0)
+
     fns = []
     start = 0
-    for name, (pos, valid) in zip(names, spans, strict=True):
-        cols = slice(start, start + pos.shape[1])
+    for name, (pos, valid), ref in zip(names, spans, via_ref, strict=True):
+        fns.append(functools.partial(value, name=name, pos=pos, valid=valid,
+                                     cols=slice(start, start + pos.shape[1]), ref=ref))
         start += pos.shape[1]
-        fns.append(lambda lg, name=name, pos=pos, valid=valid, cols=cols: target_value_at(
-            name, lg[:, cols], pos, valid, batch.input_ids, sign, ref_seq, scale))
-    grads, emb, values = shared_embedding_gradients(model, batch, fns, positions)
+    with frozen_parameters(scorer.reference) if scorer.reference is not None else nullcontext():
+        grads, emb, values = shared_embedding_gradients(scorer.model, batch, fns, positions, forward=forward)
     return {n: (g, emb, v) for n, g, v in zip(names, grads, values, strict=True)}
+
+
+def _times(score: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return score * factor.to(score.dtype)
 
 
 def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: Batch,
@@ -254,20 +356,25 @@ def _rows(chunk: Sequence[PreferencePair], seqs: list[EncodedSequence], batch: B
     return out
 
 
-def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names: list[str],
-                cfg: AttributionConfig, ref_model: Any | None, data_info: dict[str, Any] | None) -> dict[str, Any]:
+def _provenance(scorer: Scorer, loaded: dict[str, Any], model_id: str | None, names: list[str],
+                cfg: AttributionConfig, data_info: dict[str, Any] | None) -> dict[str, Any]:
     from tiviz import __version__
 
+    model = scorer.model
     targets = {m: (cfg.target if METHODS[m].uses_target else
                    "max_logit" if m == "tidpo" else None) for m in names}
+    scored = scorer.provenance()
     prov: dict[str, Any] = {
-        "model_id": model_id or loaded.get("model_id") or getattr(model.config, "name_or_path", "") or "unknown",
+        "model_id": model_id or loaded.get("model_id") or scorer.model_id
+        or getattr(model.config, "name_or_path", "") or "unknown",
         "model_revision": loaded.get("model_revision"),
         "methods": names,
         "target": cfg.target,
         "method_targets": targets,
+        "scorer": scored,
+        "method_quantities": {m: method_quantity(scorer, m, cfg.target) for m in names},
         "settings": cfg.to_dict(),
-        "reference_model": getattr(getattr(ref_model, "config", None), "name_or_path", None) if ref_model else None,
+        "reference_model": scored["reference_id"],
         "tiviz_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -278,9 +385,25 @@ def _provenance(model: Any, loaded: dict[str, Any], model_id: str | None, names:
     return prov
 
 
+def method_quantity(scorer: Scorer, method: str, target: str) -> str:
+    """What a method's scores explain under a scorer, in words (recorded per method in the table)."""
+    if method == "attention":
+        return "attention received (explains no score)"
+    if method == "tidpo":
+        return "TI-DPO's training weights: L1 gradient of the max final logit (TI-DPO Eq. 4-5) with a prior"
+    if method in ("token_score", "implicit_reward"):
+        return f"each response token's own term of the {scorer.quantity()}"
+    score = QUANTITIES["likelihood"] if target == "logprob" else scorer.quantity()
+    what = "the max final logit (TI-DPO Eq. 4)" if target == "max_logit" else score
+    if target == "margin":
+        what = f"{score}, signed (chosen +1, rejected -1) so the pair's two sides sum to its margin"
+    return f"{what}, each token as context (input-embedding attribution)"
+
+
 def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[str], config: AttributionConfig,
                   ref_model: Any | None = None) -> dict[str, torch.Tensor]:
     """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
     `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
-    its token weights from any method (docs/TRAINING.md, token-weight sources)."""
-    return {m: s for m, (s, _, _) in _score_batch(model, tokenizer, batch, list(methods), config, ref_model).items()}
+    its token weights from any method (docs/METHOD.md, weight sources)."""
+    scorer = make_scorer(model, reference=ref_model, beta=config.beta, tokenizer=tokenizer)
+    return {m: s for m, (s, _, _) in _score_batch(scorer, batch, list(methods), config).items()}

@@ -91,11 +91,14 @@ def embedding_gradients(
 
 
 def shared_embedding_gradients(
-    model: Any, batch: Batch, target_fns: Sequence[Callable[[torch.Tensor], torch.Tensor]],
-    positions: torch.Tensor | None = None,
+    model: Any, batch: Batch, target_fns: Sequence[Callable[[Any], torch.Tensor]],
+    positions: torch.Tensor | None = None, *, forward: Callable[[torch.Tensor], Any] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
     """`embedding_gradients` for several targets from one forward: one backward per target.
 
+    Args:
+        forward: embeddings (B, L, H) -> whatever the targets read (default: the model's logits at `positions`),
+            for scorers that read more than one model's logits (a reference, a reward head).
     Returns:
         grads [(B, L, H)] and values [(B,)] in the order of `target_fns`, embeddings (B, L, H); all detached.
     """
@@ -103,9 +106,12 @@ def shared_embedding_gradients(
     grads: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     with frozen_parameters(model):
-        logits = forward_logits(model, emb, batch.attention_mask, batch.position_ids, positions)  # (B, K, V)
+        if forward is None:
+            out = forward_logits(model, emb, batch.attention_mask, batch.position_ids, positions)  # (B, K, V)
+        else:
+            out = forward(emb)
         for i, fn in enumerate(target_fns):
-            v = fn(logits)  # (B,)
+            v = fn(out)  # (B,)
             (g,) = torch.autograd.grad(v.sum(), emb, retain_graph=i < len(target_fns) - 1)
             grads.append(g.detach())
             values.append(v.detach())

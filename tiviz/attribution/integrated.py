@@ -9,12 +9,13 @@ zero attribution by construction; `span="full"` replaces them too.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from tiviz.attribution.gradient import embed, forward_logits, frozen_parameters
-from tiviz.attribution.targets import target_value
+from tiviz.attribution.targets import scorer_target, target_value, through_scorer
 from tiviz.tokenization import Batch
 
 
@@ -38,14 +39,11 @@ def baseline_embeddings(model: Any, batch: Batch, kind: str, tokenizer: Any, spa
 
 
 def integrated_gradients(
-    model: Any,
-    tokenizer: Any,
+    scorer: Any,
     batch: Batch,
     *,
     target: str,
     sign: torch.Tensor,
-    ref_logp: torch.Tensor,
-    reward_scale: float,
     n_steps: int = 32,
     method: str = "gausslegendre",
     baseline: str = "pad",
@@ -54,8 +52,11 @@ def integrated_gradients(
     tolerance: float = 0.0,
     max_steps: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """IG attributions summed over the hidden dimension, refined per sequence until complete enough.
+    """IG attributions of a scorer's target (`tiviz.scoring.Scorer`) summed over the hidden dimension, refined
+    per sequence until complete enough.
 
+    The target is as in `tiviz.attribution.targets`: with a reference, `reward` and `margin` are the implicit
+    reward through both models, so completeness holds on the reward itself; with a reward model, its score.
     Each sequence starts at `n_steps`; while a sequence's relative convergence error
     |delta| / |f(x) - f(baseline)| exceeds `tolerance` (0 = never refine), it alone is recomputed with twice the
     steps, up to `max_steps`. Sequences already complete are not recomputed.
@@ -73,9 +74,8 @@ def integrated_gradients(
     steps = n_steps
     while True:
         sub = _rows(batch, todo)
-        s, fx, fb, d = _captum_ig(model, tokenizer, sub, target=target, sign=sign[todo], ref_logp=ref_logp[todo],
-                                  reward_scale=reward_scale, n_steps=steps, method=method, baseline=baseline,
-                                  span=span, internal_batch_size=internal_batch_size)
+        s, fx, fb, d = _captum_ig(scorer, sub, target=target, sign=sign[todo], n_steps=steps, method=method,
+                                  baseline=baseline, span=span, internal_batch_size=internal_batch_size)
         scores[todo], f_x[todo], f_b[todo], delta[todo] = s.to(scores.dtype), fx.float(), fb.float(), d.float()
         rel = d.abs() / (fx - fb).abs().clamp_min(1e-12)
         todo = todo[(rel > tolerance).to(todo.device)] if tolerance > 0 else todo[:0]
@@ -91,23 +91,29 @@ def _rows(batch: Batch, rows: torch.Tensor) -> Batch:
 
 
 def _captum_ig(
-    model: Any, tokenizer: Any, batch: Batch, *, target: str, sign: torch.Tensor, ref_logp: torch.Tensor,
-    reward_scale: float, n_steps: int, method: str, baseline: str, span: str, internal_batch_size: int,
+    scorer: Any, batch: Batch, *, target: str, sign: torch.Tensor, n_steps: int, method: str, baseline: str,
+    span: str, internal_batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fixed-step IG pass through Captum over the whole (sub-)batch."""
     from captum.attr import IntegratedGradients
 
+    model = scorer.model
+
     def forward(emb: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                input_ids: torch.Tensor, response_mask: torch.Tensor, sgn: torch.Tensor,
-                ref: torch.Tensor) -> torch.Tensor:
+                input_ids: torch.Tensor, response_mask: torch.Tensor, sgn: torch.Tensor) -> torch.Tensor:
+        if through_scorer(scorer, target):  # the reference or a reward head: the scorer's own score
+            rows = Batch(input_ids, attention_mask, position_ids, response_mask, [0] * input_ids.shape[0])
+            return scorer_target(scorer, target, rows, emb, sgn)
         logits = forward_logits(model, emb, attention_mask, position_ids)
-        return target_value(target, logits, input_ids, attention_mask, response_mask, sgn, ref, reward_scale)
+        return target_value(target, logits, input_ids, attention_mask, response_mask, sgn, torch.zeros_like(sgn),
+                            1.0)
 
     inputs = embed(model, batch.input_ids)
-    base = baseline_embeddings(model, batch, baseline, tokenizer, span)
-    extra = (batch.attention_mask, batch.position_ids, batch.input_ids, batch.response_mask, sign, ref_logp)
+    base = baseline_embeddings(model, batch, baseline, scorer.tokenizer, span)
+    extra = (batch.attention_mask, batch.position_ids, batch.input_ids, batch.response_mask, sign)
     ig = IntegratedGradients(forward)
-    with frozen_parameters(model):
+    reference = scorer.reference
+    with frozen_parameters(model), frozen_parameters(reference) if reference is not None else nullcontext():
         attr, delta = ig.attribute(
             inputs, baselines=base, additional_forward_args=extra, n_steps=n_steps, method=method,
             internal_batch_size=max(internal_batch_size, inputs.shape[0]), return_convergence_delta=True,

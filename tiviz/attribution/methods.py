@@ -15,6 +15,8 @@ class MethodInfo:
     signed: bool  # scores can be negative
     needs_reference: bool  # needs a reference model pi_ref
     uses_target: bool  # explains the configured target (else a fixed one, or none)
+    view: str = "context"  # "itself": the token's own term of the score (a decomposition); "context": the token as
+    # input to the model, through everything after it (gradients, integrated gradients, attention)
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -32,8 +34,13 @@ METHODS: dict[str, MethodInfo] = {
                    "with a Gaussian prior, mean 1 over the span", False, False, False),
         MethodInfo("occlusion", "leave-one-out: the target minus the target with the token's embedding replaced "
                    "by the removal embedding (the same removal as `tiviz evaluate`)", True, False, True),
-        MethodInfo("implicit_reward", "per-token implicit reward beta * (log pi - log pi_ref); all zeros "
-                   "while the policy equals its reference", True, True, False),
+        MethodInfo("token_score", "each response token's own exact term of the scorer's score: log pi(y_t|x,y_<t)"
+                   " (likelihood), beta * (log pi - log pi_ref) (implicit reward), or the change of a reward "
+                   "model's score as the token is appended; sums to the score (reward model: minus the "
+                   "prompt-only score)", True, False, False, "itself"),
+        MethodInfo("implicit_reward", "token_score with a reference (its old id): per-token implicit reward "
+                   "beta * (log pi - log pi_ref); all zeros while the policy equals its reference", True, True,
+                   False, "itself"),
     )
 }
 DEFAULT_METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "attention", "tidpo")

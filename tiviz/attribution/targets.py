@@ -10,7 +10,7 @@ A target reads few positions' logits: `logprob` those that score the response, `
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -169,3 +169,39 @@ def _from_logprob(name: str, lp: torch.Tensor, sign: torch.Tensor, ref_logp: tor
         return lp
     reward = reward_scale * (lp - ref_logp)
     return reward if name == "reward" else sign * reward
+
+
+# ---------------------------------------------------------------------------------------------- scorer targets
+
+# The targets each scorer kind can explain. With a reference, `logprob` is still the policy's own likelihood,
+# `reward` and `margin` the implicit reward through both models; a reward model has no logits: its score is the
+# target (`reward`), or the signed score (`margin`).
+SCORER_TARGETS: dict[str, tuple[str, ...]] = {
+    "likelihood": ("max_logit", "logprob", "margin"),
+    "implicit_reward": ("max_logit", "logprob", "reward", "margin"),
+    "reward_model": ("reward", "margin"),
+}
+
+
+def check_scorer_target(kind: str, name: str) -> None:
+    """Raise `ConfigError` unless a scorer of `kind` can explain target `name` (`SCORER_TARGETS`)."""
+    from tiviz.errors import ConfigError
+
+    allowed = SCORER_TARGETS[kind]
+    if name not in allowed:
+        why = {"likelihood": "target 'reward' compares the policy with pi_ref: give a reference model",
+               "reward_model": "a reward model has no token logits; its score is target 'reward'"}.get(kind, "")
+        raise ConfigError("target", name, f"{', '.join(allowed)} with a {kind} scorer" + (f" ({why})" if why else ""))
+
+
+def through_scorer(scorer: Any, name: str) -> bool:
+    """Whether target `name` reads the scorer beyond the policy's own logits (the reference, or a reward head)."""
+    return scorer.kind == "reward_model" or (scorer.kind == "implicit_reward" and name in ("reward", "margin"))
+
+
+def scorer_target(scorer: Any, name: str, batch: Any, inputs_embeds: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Target `name` of a scorer that reads more than the policy's logits (`through_scorer`), (B,), differentiable
+    in `inputs_embeds`: `reward` is the scorer's score (implicit reward through both models, or the reward
+    model's output), `margin` the signed score (chosen +1, rejected -1)."""
+    score = scorer.sequence_scores(batch, inputs_embeds)  # (B,)
+    return sign.to(score.dtype) * score if name == "margin" else score

@@ -31,8 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default="gradient,integrated_gradients,attention,tidpo",
                    help="comma-separated method ids, or 'all' (see `tiviz methods`)")
     p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="hub id, local folder, .gguf file, or the offline default smollm2-135m-instruct")
-    p.add_argument("--ref-model", default=None, help="reference model (for implicit_reward and the reward target)")
+                   help="the scorer to explain: a causal LM (hub id, local folder, .gguf file, or the offline "
+                   "default smollm2-135m-instruct: its likelihood), a tiviz run folder (the implicit reward of its "
+                   "final/ model against its base), or a reward-model folder (its score)")
+    p.add_argument("--ref-model", default=None,
+                   help="reference pi_ref: the scorer becomes the implicit reward beta * (log pi - log pi_ref) "
+                   "(for token_score / implicit_reward and the reward target); see --beta")
     p.add_argument("--out", default="results.parquet", help="output table (.parquet, .csv or .json)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -47,7 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --shard-dir: keep its finished shards, compute the rest")
     add_cache_flags(p)
-    add_dataclass_flags(p, AttributionConfig)
+    p.add_argument("--target", default=None, choices=("max_logit", "logprob", "reward", "margin"),
+                   help="what gradient, grad_x_input and integrated_gradients explain (default: the scorer's own "
+                   "score: logprob for a causal LM alone, reward with --ref-model, a run folder or a reward "
+                   "model): max_logit (TI-DPO Eq. 4), logprob (log pi(y|x)), reward (the implicit reward through "
+                   "both models, or a reward model's score), margin (the signed score: chosen +, rejected -)")
+    add_dataclass_flags(p, AttributionConfig, skip=("target",))
     p.set_defaults(func=run)
 
 
@@ -57,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from tiviz.attribution import attribute, resolve_methods
     from tiviz.data import file_sha256, load_pairs
     from tiviz.errors import ConfigError
-    from tiviz.models import load_model
     from tiviz.table import PROVENANCE_KEY, write_table
 
     # Every option is checked before the data, the model or any attribution is touched.
@@ -75,17 +83,14 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_dir:
         return _run_sharded(args, cfg, methods, pairs)
     t0 = time.perf_counter()
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    ref = None
-    if args.ref_model:
-        ref = load_model(args.ref_model, device=args.device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code).model
+    scorer = _scorer(args, args.device)
+    cfg = _scorer_config(args, scorer)
     bar = tqdm(total=len(pairs), unit="pair", desc="attributing")
 
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
-    df = attribute(loaded, pairs, methods, ref_model=ref, config=cfg, progress=progress, cache=cache_arg(args),
+    df = attribute(scorer, pairs, methods, config=cfg, progress=progress, cache=cache_arg(args),
                    data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)})
     bar.close()
     out = write_table(df, args.out)
@@ -104,7 +109,6 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
     from tiviz.attribution.shards import attribute_to_dir, finished_shards, merge_shards
     from tiviz.data import file_sha256
     from tiviz.errors import TableError
-    from tiviz.models import load_model
     from tiviz.table import write_table
 
     rank, world_size, barrier, device = _processes(args.device)
@@ -115,11 +119,8 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
                              "to continue that run, or choose an empty --shard-dir")
     barrier()  # every process has looked at the folder before any writes to it
     t0 = time.perf_counter()
-    loaded = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    ref = None
-    if args.ref_model:
-        ref = load_model(args.ref_model, device=device, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code).model
+    scorer = _scorer(args, device)
+    cfg = _scorer_config(args, scorer)
     bar = tqdm(total=None, unit="pair", desc=f"attributing (process {rank})", disable=rank != 0)
 
     def progress(done: int, total: int) -> None:
@@ -127,8 +128,8 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
         bar.update(done - bar.n)
 
     run = attribute_to_dir(
-        loaded, pairs, methods, args.shard_dir, shard_size=args.shard_size, rank=rank, world_size=world_size,
-        ref_model=ref, config=cfg, progress=progress,
+        scorer, pairs, methods, args.shard_dir, shard_size=args.shard_size, rank=rank, world_size=world_size,
+        config=cfg, progress=progress, model_id=scorer.model_id,
         data_info={"file": str(args.pairs), "sha256": file_sha256(args.pairs), "n_pairs": len(pairs)},
     )
     bar.close()
@@ -142,6 +143,24 @@ def _run_sharded(args: argparse.Namespace, cfg: AttributionConfig, methods: list
         print(f"wrote {len(df)} rows ({len(pairs)} pairs x 2 sides x {len(methods)} methods) to {out} "
               f"in {elapsed:.1f} s")
     return 0
+
+
+def _scorer(args: argparse.Namespace, device: str | None) -> Any:
+    """The scorer `--model` / `--ref-model` / `--beta` name (`tiviz.scoring.load_scorer`)."""
+    from tiviz.scoring import load_scorer
+
+    beta = args.beta if args.beta is not None else AttributionConfig().beta
+    return load_scorer(args.model, reference=args.ref_model, beta=beta, device=device, dtype=args.dtype,
+                       trust_remote_code=args.trust_remote_code)
+
+
+def _scorer_config(args: argparse.Namespace, scorer: Any) -> AttributionConfig:
+    """The settings, with the target defaulting to the scorer's own score when `--target` is not given:
+    logprob for a causal LM alone, reward for the implicit reward and for a reward model."""
+    overrides = dataclass_overrides(args, AttributionConfig)
+    if "target" not in overrides:
+        overrides["target"] = "logprob" if scorer.kind == "likelihood" else "reward"
+    return AttributionConfig(**overrides)
 
 
 def _processes(device: str | None) -> tuple[int, int, Callable[[], None], str | None]:

@@ -1,0 +1,51 @@
+"""The pair-level split of a margin from `token_score` (each response token's own exact term of the score).
+
+The two responses are aligned (`tiviz.alignment`): in a stretch both share, a token's term differs between the
+sides only because an earlier difference changed its context (a shared prefix cancels exactly); in a differing
+stretch the tokens themselves differ. So
+
+    margin = sum_chosen terms - sum_rejected terms = from_differing + from_shared
+
+with `from_differing` the terms of the differing stretches (chosen minus rejected) and `from_shared` those of the
+shared ones. For a reward model the prompt-only score is the same on both sides and cancels in the margin.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tiviz.alignment import shared_tokens
+from tiviz.errors import TableError
+
+DECOMPOSED = ("token_score", "implicit_reward")
+
+
+def margin_split(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame:
+    """Split each pair's margin into the part from the stretches where the responses differ and the part from
+    the stretches they share.
+
+    Args:
+        table: a tidy table with `method` rows (`token_score`, or its old id `implicit_reward`).
+    Returns:
+        one row per pair: pair_id, margin, from_differing, from_shared (margin = from_differing + from_shared),
+        n_differing_chosen, n_differing_rejected, n_shared (shared response tokens per side).
+    """
+    if method not in DECOMPOSED:
+        raise TableError(f"margin_split reads a decomposition ({', '.join(DECOMPOSED)}), not {method!r}")
+    rows = table[(table["method"] == method) & table["in_response"].astype(bool)]
+    if rows.empty:
+        raise TableError(f"the table has no response rows of method {method!r}. Fix: attribute with "
+                         f"methods including {method!r}")
+    rows = rows.assign(shared=shared_tokens(rows).to_numpy(),
+                       signed=rows["score"].where(rows["side"] == "chosen", -rows["score"]))
+    out = []
+    for pid, g in rows.groupby("pair_id", sort=False):
+        differ = g[~g["shared"]]
+        out.append({
+            "pair_id": pid, "margin": float(g["signed"].sum()),
+            "from_differing": float(differ["signed"].sum()), "from_shared": float(g.loc[g["shared"], "signed"].sum()),
+            "n_differing_chosen": int((differ["side"] == "chosen").sum()),
+            "n_differing_rejected": int((differ["side"] == "rejected").sum()),
+            "n_shared": int((g["shared"] & (g["side"] == "chosen")).sum()),
+        })
+    return pd.DataFrame(out)
