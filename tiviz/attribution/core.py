@@ -405,9 +405,11 @@ def method_quantity(scorer: Scorer, method: str, target: str) -> str:
 
 
 def method_scores(model: Any, tokenizer: Any, batch: Batch, methods: Sequence[str], config: AttributionConfig,
-                  ref_model: Any | None = None) -> dict[str, torch.Tensor]:
+                  ref_model: Any | None = None, adapter_reference: bool = False) -> dict[str, torch.Tensor]:
     """Each method's raw per-token scores (B, L) on a padded batch whose rows alternate chosen, rejected (as
     `attribute` lays them out): the same computation as `attribute`, without the table. Used by training to take
-    its token weights from any method (docs/METHOD.md, weight sources)."""
-    scorer = make_scorer(model, reference=ref_model, beta=config.beta, tokenizer=tokenizer)
+    its token weights from any method (docs/TRAINING.md, token-weight sources); `adapter_reference`: pi_ref is the
+    PEFT model with its adapter disabled."""
+    scorer = make_scorer(model, reference=ref_model, beta=config.beta, tokenizer=tokenizer,
+                         adapter_reference=adapter_reference)
     return {m: s for m, (s, _, _) in _score_batch(scorer, batch, list(methods), config).items()}

@@ -76,7 +76,10 @@ class OnlineWeights:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.method = cfg.weighting
-        self.needs_embedding_grad = fused and self.method in FUSED_METHODS
+        # reward / margin targets differentiate through policy AND reference (the scorer's definition): only the
+        # attribution path computes that, so they are not fused
+        self.needs_embedding_grad = (fused and self.method in FUSED_METHODS
+                                     and method_target(cfg) in ("max_logit", "logprob"))
         self.uses_forward = self.needs_embedding_grad or self.method == "implicit_reward"
 
     def _seeds(self, pairs: list[EncodedPair], step: int) -> list[int]:
@@ -131,9 +134,9 @@ class OnlineWeights:
         policy.eval()
         try:
             needs_ref = METHODS[self.method].needs_reference or method_target(cfg) in ("reward", "margin")
-            ref_model = _ReferenceModule(reference) if needs_ref else None
             scores = method_scores(policy, self.tokenizer, inter, [self.method], attribution_config(cfg),
-                                   ref_model)[self.method]
+                                   reference.model if needs_ref else None,
+                                   adapter_reference=needs_ref and reference.model is None)[self.method]
         finally:
             policy.train(was_training)
         return non_negative(scores.detach().float(), self.method, cfg.weighting_sign)[inverse.to(scores.device)]
@@ -154,18 +157,3 @@ def _rows(batch: Batch, index: torch.Tensor) -> Batch:
     idx = index.to(batch.input_ids.device)
     return Batch(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx], batch.response_mask[idx],
                  [batch.offsets[int(i)] for i in index])
-
-
-class _ReferenceModule:
-    """The run's reference as a callable model, for attribution code that calls `ref_model(input_ids=...)`."""
-
-    def __init__(self, reference: Reference) -> None:
-        self.reference = reference
-        self.config = getattr(reference.model, "config", None)
-
-    def __call__(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 use_cache: bool = False) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(logits=self.reference.logits(Batch(input_ids, attention_mask, position_ids,
-                                                                  attention_mask.bool(), [])))
