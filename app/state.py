@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -362,6 +363,12 @@ def scorer_for(choice: ModelChoice, beta: float = 0.1) -> Any:
     return make_scorer(get_model(choice), reference=reference_for(choice), beta=beta)
 
 
+# Long attribution runs hold the compute lock for TURN_PAIRS pairs at a time and then step aside, so that another
+# session's single pair waits for one turn, not for a whole 500-pair request.
+TURN_PAIRS = 8
+TURN_PAUSE_S = 0.005
+
+
 @st.cache_resource(show_spinner=False)
 def compute_lock() -> threading.RLock:
     """One lock around model computations: sessions share the cached models, and attribution toggles their
@@ -449,10 +456,17 @@ def attribution(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str], 
 
             if progress is not None:
                 progress(k / len(missing), f"{m}: 0/{len(pairs)} pairs (method {k + 1} of {len(missing)})")
-            with compute_lock():
-                target = {"target": "reward"} if choice.kind == "reward_model" else {}  # its score: no logits
-                df = attribute(loaded, pairs, [m], ref_model=ref, progress=report, model_id=loaded.model_id,
-                               data_info=data_info(dataset, pair_ids), **{**target, **(settings or {})})
+            target = {"target": "reward"} if choice.kind == "reward_model" else {}  # its score: no logits
+            turns = []
+            for start in range(0, len(pairs), TURN_PAIRS):
+                with compute_lock():
+                    turns.append(attribute(
+                        loaded, pairs[start : start + TURN_PAIRS], [m], ref_model=ref, model_id=loaded.model_id,
+                        progress=lambda done, _total, start=start, report=report: report(start + done, len(pairs)),
+                        data_info=data_info(dataset, pair_ids), **{**target, **(settings or {})}))
+                time.sleep(TURN_PAUSE_S)  # the lock is free now: let a waiting session take it
+            df = pd.concat(turns, ignore_index=True) if len(turns) > 1 else turns[0]
+            df.attrs = turns[0].attrs
             cache.put(attribution_key(choice, dataset, pair_ids, m, settings), df)
     parts = [cache.get(attribution_key(choice, dataset, pair_ids, m, settings)) for m in methods]
     return for_reader(combine_tables([p for p in parts if p is not None]), dataset, pair_ids)
