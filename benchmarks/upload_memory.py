@@ -53,12 +53,22 @@ def write_bomb(path: Path, n: int = 2000) -> None:
                              "rejected": ["No."] * n}), path, compression="zstd")
 
 
+def tiny_folder(tmp: Path) -> str:
+    """The tiny test model saved as a model folder (the app loads its model from a folder or an id)."""
+    from tiviz.models import LoadedModel, save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    folder = tmp / "tiny-model"
+    save_model(LoadedModel(tiny_model(seed=0), tiny_tokenizer(), "tiny"), folder)
+    return str(folder)
+
+
 def measure(root: Path, upload: bool) -> tuple[float, str]:
     """(max RSS in MB, what the page showed) of one child process running the app from `root`."""
     with tempfile.TemporaryDirectory() as tmp:
         bomb = Path(tmp) / "bomb.parquet"
         write_bomb(bomb)
-        env = {**os.environ, "PYTHONPATH": str(root), "TIVIZ_APP_MODEL": "tiny", "TIVIZ_RUNS_DIR": f"{tmp}/runs",
+        env = {**os.environ, "PYTHONPATH": str(root), "TIVIZ_APP_MODEL": tiny_folder(Path(tmp)), "TIVIZ_RUNS_DIR": f"{tmp}/runs",
                "TIVIZ_CACHE_DIR": f"{tmp}/cache", "TMPDIR": tmp}
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(bomb), "upload" if upload else "none"], cwd=root,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

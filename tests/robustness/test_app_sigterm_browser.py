@@ -43,10 +43,14 @@ def healthy(url: str) -> bool:
 
 
 def test_sigterm_to_the_app_stops_its_training_job(tmp_path):
-    port, runs = free_port(), tmp_path / "runs"
+    from tiviz.models import LoadedModel, save_model
+    from tiviz.testing import tiny_model, tiny_tokenizer
+
+    port, runs, model = free_port(), tmp_path / "runs", tmp_path / "tiny-model"
+    save_model(LoadedModel(tiny_model(seed=0), tiny_tokenizer(), "tiny"), model)  # the app's model: a folder
     env = {**os.environ, "TIVIZ_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
     log = open(tmp_path / "app.log", "wb")
-    app = subprocess.Popen([sys.executable, "-m", "tiviz.cli", "app", "--port", str(port), "--model", "tiny",
+    app = subprocess.Popen([sys.executable, "-m", "tiviz.cli", "app", "--port", str(port), "--model", str(model),
                             "--runs-dir", str(runs)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
