@@ -19,6 +19,21 @@ def _torch_threads(request):
     torch.set_num_threads((os.cpu_count() or 1) if "smol" in request.fixturenames else 1)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps its state in process-wide singletons: a TRL trainer (bf16 by default) would leave its mixed
+    precision to every later `Accelerator()` in the session, which then refuses other settings. Each test starts
+    clean."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tok():
     return tiny_tokenizer()
