@@ -19,11 +19,11 @@ def _torch_threads(request):
     torch.set_num_threads((os.cpu_count() or 1) if "smol" in request.fixturenames else 1)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _fresh_accelerate_state():
     """accelerate keeps its state in process-wide singletons: a TRL trainer (bf16 by default) would leave its mixed
-    precision to every later `Accelerator()` in the session, which then refuses other settings. Each test starts
-    clean."""
+    precision to every later `Accelerator()` in the session, which then refuses other settings. Each test module
+    starts clean (per module, not per test: a module-scoped trainer fixture needs the state it was built with)."""
     yield
     import sys
 
