@@ -7,6 +7,7 @@ byte, so offsets are exact and every string is encodable), the model a two-layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 TINY_CHAT_TEMPLATE = (
@@ -144,6 +145,19 @@ def save_tiny_reward_model(folder: Any, seed: int = 0) -> Any:
     tiny_reward_model(seed).save_pretrained(path, safe_serialization=True)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition",
+             poll: float = 0.05) -> None:
+    """Poll `cond` until it is true; AssertionError naming `what` after `timeout` seconds (for tests that wait on
+    another process)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
 
 
 def free_port() -> int:

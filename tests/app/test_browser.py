@@ -81,6 +81,16 @@ def browser():
         b.close()
 
 
+
+def upload_on_inspect(page, server: str, path) -> None:
+    """Open the app on Inspect, wait for its first shaded response, then upload `path` as the dataset."""
+    page.goto(server)
+    page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
+    page.locator(".tiviz-tokens[data-method='tidpo']").first.wait_for(timeout=120_000)
+    page.get_by_role("combobox", name="Dataset").click()
+    page.get_by_role("option", name="upload a file…").click()
+    page.locator("input[type=file]").set_input_files(str(path))
+
 def test_inspect_page_renders_shaded_tokens(server, browser):
     pair = load_pairs(ROOT / "sample_data" / "train.jsonl")[0]
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
@@ -140,12 +150,7 @@ def test_hostile_upload_renders_as_text(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(server)
-    page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
-    page.locator(".tiviz-tokens[data-method='tidpo']").first.wait_for(timeout=120_000)
-    page.get_by_role("combobox", name="Dataset").click()
-    page.get_by_role("option", name="upload a file…").click()
-    page.locator("input[type=file]").set_input_files(str(path))
+    upload_on_inspect(page, server, path)
     page.get_by_text("<script>alert('p')</script>").wait_for(timeout=120_000)  # the prompt, as text
     chosen = page.locator(".tiviz-tokens[data-method='tidpo']").first
     chosen.wait_for()
@@ -206,12 +211,7 @@ def test_dataset_text_never_becomes_markdown(server, browser, browser_tmp, tmp_p
     requested: list[str] = []
     page.route("**/*evil.example*/**", lambda route: (requested.append(route.request.url), route.abort()))
     page.add_init_script(WATCH_EVIL)
-    page.goto(server)
-    page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
-    page.locator(".tiviz-tokens[data-method='tidpo']").first.wait_for(timeout=120_000)
-    page.get_by_role("combobox", name="Dataset").click()
-    page.get_by_role("option", name="upload a file…").click()
-    page.locator("input[type=file]").set_input_files(str(path))
+    upload_on_inspect(page, server, path)
     page.wait_for_function(CHOSEN_TEXT_IS, arg="Yes.", timeout=120_000)  # the first pair's shaded response
     for icon in page.get_by_test_id("stSidebar").get_by_test_id("stTooltipIcon").all():  # the help texts
         icon.hover()

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from app import jobs
+from tiviz.testing import wait_for
 
 from .test_kill_resume import free_port
 
@@ -45,14 +46,6 @@ while True:
         sys.exit(0)
     time.sleep(0.05)
 '''
-
-
-def wait_for(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:
