@@ -563,6 +563,45 @@ def scorer_scores(choice: ModelChoice, dataset: Dataset, pair_ids: Sequence[str]
     return out
 
 
+def run_weight_source(name: str) -> Any:
+    """A run's token-weight source (`tiviz.training.used_weights.WeightSource`).
+
+    Raises:
+        TivizError: the run has no TI-DPO settings in its config.json (tiviz did not train it).
+    """
+    from tiviz.training.used_weights import weight_source
+
+    return weight_source(inside(runs_dir(), name, what="run"))
+
+
+def training_weights(run: ModelChoice, dataset: Dataset, pair_id: str, when: str) -> pd.DataFrame:
+    """The token weights w_t the run's training gave `pair_id` at its start or its end
+    (`tiviz.training.used_weights.training_weights`, with the app's cached base and final models). When `dataset`
+    is the run's training file (same sha256), the pair keeps its training position (which seeds `random`);
+    otherwise it is weighed alone. Cached like the attribution tables.
+
+    Raises:
+        TivizError: not a tiviz run, or a pair the run's stored fixed weights do not hold.
+    """
+    from tiviz.training.used_weights import training_weights as compute
+
+    assert run.run is not None, "training_weights: a run, not a base model"
+    key = ("training_weights", run.key, dataset.key, pair_id, when)
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    in_training = run_weight_source(run.run).data_sha256 == dataset.key
+    pairs = dataset.pairs if in_training else (dataset.pair(pair_id),)
+    base = load_base_model(run.base)
+    final = get_model(run) if when == "end" else None
+    with compute_lock():
+        out = compute(inside(runs_dir(), run.run, what="run"), pairs, when=when, pair_ids=[pair_id],  # type: ignore[arg-type]
+                      base=base, final=final)
+    cache.put(key, out)
+    return out
+
+
 def export_bytes(df: pd.DataFrame, fmt: str) -> bytes:
     """The table as Parquet, CSV or JSON bytes, written through this session's own folder."""
     return table_bytes(df, fmt, session_dir())

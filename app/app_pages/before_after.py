@@ -1,6 +1,6 @@
 """Before / after: what a training run changed. For one pair, the token weights under the base model and the
-trained one, their difference, and the per-token implicit reward; across pairs, the weight distributions
-overlaid and the change in preference accuracy and margins."""
+trained one, their difference, the per-token implicit reward and the weights training itself used; across
+pairs, the weight distributions overlaid and the change in preference accuracy and margins."""
 
 import streamlit as st
 
@@ -17,13 +17,16 @@ with top[0]:
 
 left, right = st.columns([2, 1])
 with left:
-    method = pickers.method_picker("ba_method", reference=False)
+    method = pickers.method_picker("ba_method", reference=False, kind=run.kind)
 with right:
     value = st.radio("Shade by", ["weight", "score"], key=pickers.kept("ba_value"), horizontal=True)
 
 st.subheader(f"Pair {state.md_literal(pair.id)}")
 pair_view.show_prompt(pair)
 compare_view.show_before_after_pair(run, base, dataset, pair.id, method, value)
+
+st.subheader("Weights training used")
+compare_view.show_training_weights(run, dataset, pair.id)
 
 st.subheader("Across the dataset")
 n = st.columns(4)[0].number_input("Pairs", 1, len(dataset.pairs), min(10, len(dataset.pairs)),

@@ -10,9 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.app_pages import long_work
 from app.app_pages.long_work import attribution, scores
 from app.app_pages.pair_view import show_pair
 from tiviz import analysis, viz
+from tiviz.errors import TivizError
 from tiviz.scoring import margin_summary
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -105,6 +107,58 @@ def show_before_after_pair(run: state.ModelChoice, base: state.ModelChoice, data
     st.caption("What training changed, token by token: red tokens became more likely under the run, blue less. "
                "Before training it is 0 for every token (the policy is its own reference).")
     show_pair(reward, pair_id, "implicit_reward", "score", scale="diverging")
+
+
+def show_training_weights(run: state.ModelChoice, dataset: state.Dataset, pair_id: str) -> None:
+    """The token weights w_t the run's training used for the pair (`tiviz.training.used_weights`): chosen and
+    rejected, at the start and the end side by side on one colour scale, with the weighting source named."""
+    from tiviz.training.used_weights import METHOD, WHEN
+
+    assert run.run is not None
+    try:
+        source = state.run_weight_source(run.run)
+    except TivizError as err:
+        st.info(f"No training weights to show for this run: {state.describe_error(err)}")
+        return
+    st.caption(state.md_literal(f"Weighting source: {source.label()}. w_t multiplies each response token's "
+                                "log-ratio in the DPO term; 1 is plain DPO's weight (TI-DPO Eq. 7, docs/METHOD.md §2)."))
+    if source.data_sha256 != dataset.key:
+        if source.seeded_by_position:
+            st.info("This run's random weights are seeded by each pair's position in its training data, and this "
+                    "dataset is not its training file: pick the file the run trained on in the sidebar.")
+            return
+        st.caption("This dataset is not the run's training file: shown are the weights its source gives this pair.")
+    tables = {}
+    for when in WHEN:
+        table = long_work.training_weights(run, dataset, pair_id, when)
+        if table is None:
+            return
+        tables[when] = table
+    vmax = viz.shading_range(pd.concat(tables.values()), "score")
+    last = source.total_steps
+    heads = st.columns(2)
+    if source.follows_policy:
+        heads[0].markdown("**Start** (step 1: the policy is the run's base model)")
+        heads[1].markdown(f"**End** (the final model, after step {last})")
+    else:
+        heads[0].markdown("**Start** (step 1)")
+        heads[1].markdown(f"**End** (step {last}, the last)")
+    if not source.follows_policy:
+        st.caption("This source does not follow the policy: "
+                   + ("fixed weights read the same table at every step." if source.fixed else
+                      "uniform weights never change." if source.weighting == "uniform" else
+                      "random weights are a fresh draw at every step."))
+    for side in ("chosen", "rejected"):
+        cols = st.columns(2)
+        for col, when in zip(cols, WHEN, strict=True):
+            rows = tables[when][tables[when]["side"] == side]
+            with col:
+                st.html(viz.shaded_tokens_html(rows, value="score", scale="sequential", vmax=vmax,
+                                               title=f"{side.capitalize()} response · {METHOD} · {when}"))
+    shown = pd.concat(tables.values())
+    over = bool((shown.loc[shown["in_response"], "score"].abs() > vmax * 1.000001).any())
+    st.html(viz.legend_html(0.0, vmax, scale="sequential", label="w_t (the token's weight in training)",
+                            clipped=over))
 
 
 def show_before_after_dataset(run: state.ModelChoice, base: state.ModelChoice, dataset: state.Dataset,

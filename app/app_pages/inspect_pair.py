@@ -15,7 +15,7 @@ with left:
     model = pickers.model_picker("inspect_model", reward_models=True)
 with mid:
     method = pickers.method_picker("inspect_method", reference=model.has_reference,
-                                   reward_model=model.kind == "reward_model")
+                                   reward_model=model.kind == "reward_model", kind=model.kind)
 with right:
     value = st.radio("Shade by", ["score", "weight"], key=pickers.kept("inspect_value"), horizontal=True,
                      help=pair_view.VALUE_HELP["score"] + "; " + pair_view.VALUE_HELP["weight"])

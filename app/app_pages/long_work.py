@@ -71,3 +71,14 @@ def scorer_scores(choice: state.ModelChoice, dataset: state.Dataset, pair_ids: S
     """The pairs' scores under the choice's own scorer, under a progress bar."""
     with progress("Scoring") as update:
         return state.scorer_scores(choice, dataset, pair_ids, progress=update)
+
+
+def training_weights(run: state.ModelChoice, dataset: state.Dataset, pair_id: str, when: str) -> pd.DataFrame | None:
+    """The token weights the run's training gave a pair at its start or end, under a spinner; None, with the
+    error shown, when there are none to show."""
+    try:
+        with st.spinner(f"Recomputing the run's token weights ({when})…"):
+            return state.training_weights(run, dataset, pair_id, when)
+    except TivizError as err:
+        st.error(state.describe_error(err))
+        return None

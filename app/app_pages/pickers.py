@@ -206,7 +206,7 @@ def model_picker(key: str, label: str = "Model", *, reward_models: bool = False)
     return state.reward_model_choice(picked[3:]) if picked.startswith("rm:") else state.run_choice(picked)
 
 
-def _method_options(reference: bool, reward_model: bool = False) -> list[str]:
+def method_options(reference: bool, reward_model: bool = False) -> list[str]:
     """The methods to offer, in display order; implicit_reward only when there is a reference model, none that
     reads LM logits for a reward model."""
     from tiviz.attribution.methods import METHODS
@@ -215,21 +215,30 @@ def _method_options(reference: bool, reward_model: bool = False) -> list[str]:
             and not (reward_model and m in NO_LOGITS)]
 
 
-def method_picker(key: str, *, reference: bool, reward_model: bool = False, default: str = "tidpo") -> str:
-    """One attribution method; implicit_reward only when there is a reference model."""
+def method_picker(key: str, *, reference: bool, reward_model: bool = False, kind: str = "likelihood") -> str:
+    """One attribution method; implicit_reward only when there is a reference model. It opens on the method the
+    quality benchmark ranks best for the scorer's `kind` (`tiviz.evaluation.method_ranking.default_method`), follows
+    the kind while the user keeps that default, and says why in a caption; any method can still be picked."""
     from tiviz.attribution.methods import METHODS
+    from tiviz.evaluation.method_ranking import default_method
 
-    options = _method_options(reference, reward_model)
+    options = method_options(reference, reward_model)
+    default, reason = default_method(kind, options)
     kept(key)
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = default if default in options else options[0]
-    return st.selectbox("Method", options, key=key, format_func=lambda m: METHOD_LABELS.get(m, m),
-                        help=METHODS[st.session_state[key]].description)
+    auto = f"_default_{key}"  # the default this widget last opened on: a value still equal to it follows the kind
+    if st.session_state.get(key) not in options or st.session_state.get(key) == st.session_state.get(auto):
+        st.session_state[key] = default
+    st.session_state[auto] = default
+    picked = st.selectbox("Method", options, key=key, format_func=lambda m: METHOD_LABELS.get(m, m),
+                          help=METHODS[st.session_state[key]].description)
+    lead = "Opened on" if picked == default else "Default"
+    st.caption(state.md_literal(f"{lead} {default} for {kind.replace('_', ' ')} scorers: {reason}"))
+    return str(picked)
 
 
 def methods_multiselect(key: str, *, reference: bool, default: Sequence[str]) -> list[str]:
     """Several attribution methods, kept across pages."""
-    options = _method_options(reference)
+    options = method_options(reference)
     kept(key)
     if key not in st.session_state:
         st.session_state[key] = [m for m in default if m in options]

@@ -6,6 +6,7 @@ import html
 import json
 import re
 
+FALLBACK_METHOD = "gradient"  # what the method pickers open on without a quality ranking (conftest ships none)
 HOSTILE_PROMPT = "Say <script>alert('p')</script> please"
 HOSTILE_CHOSEN = "Sure: <img src=x onerror=alert('c')> **bold** [link](javascript:alert(1))"
 HOSTILE_REJECTED = "</div><script>alert('r')</script>"

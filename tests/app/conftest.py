@@ -30,6 +30,15 @@ def tiny_model_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def no_quality_ranking(tmp_path, monkeypatch):
+    """The method pickers open on a known method: no quality ranking (so the fallback, gradient), whatever ranking
+    the package ships; the tests of the ranking write their own (`tiviz.evaluation.method_ranking`)."""
+    from tiviz.evaluation import method_ranking
+
+    monkeypatch.setattr(method_ranking, "RANKING_FILE", tmp_path / "no-quality-ranking.json")
+
+
 @pytest.fixture()
 def app_env(tmp_path, monkeypatch, tiny_model_folder):
     """Environment of one app: the tiny model, its own runs folder and cache folder. Returns the runs folder."""

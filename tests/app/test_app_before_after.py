@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from apptools import hand_logps, html_bodies, plotly_array, plotly_specs
+from apptools import FALLBACK_METHOD, hand_logps, html_bodies, plotly_array, plotly_specs
 
 from tiviz.data import load_pairs
 
@@ -36,8 +37,8 @@ def test_pair_before_after_change_and_reward(new_app, finished_run):
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="ba_run").value == "trained"
     titles = [m for b in html_bodies(at) for m in re.findall(r'(\w+) response · ([\w_]+)( · \w+)?</div>', b)]
-    assert ("Chosen", "tidpo", " · before") in titles and ("Chosen", "tidpo", " · after") in titles
-    assert ("Chosen", "tidpo_change", "") in titles and ("Rejected", "implicit_reward", "") in titles
+    assert ("Chosen", FALLBACK_METHOD, " · before") in titles and ("Chosen", FALLBACK_METHOD, " · after") in titles
+    assert ("Chosen", f"{FALLBACK_METHOD}_change", "") in titles and ("Rejected", "implicit_reward", "") in titles
     # the per-token implicit reward equals beta * (log pi_run - log pi_base), token by token
     pair = load_pairs("sample_data/train.jsonl")[:1]
     base = tiny_model(seed=0)
@@ -48,6 +49,9 @@ def test_pair_before_after_change_and_reward(new_app, finished_run):
     assert len(got) == len(want)
     np.testing.assert_allclose(got, want, rtol=6e-3, atol=1e-7)  # shown with 3 significant digits
     assert np.abs(want).max() > 0  # two different models: a non-trivial reward
+    # a run tiviz did not train (no TI-DPO settings) records no token weights, and the page says so
+    assert any("No training weights to show" in i.value and "not a tiviz training run" in i.value.replace("\\", "")
+               for i in at.info)
 
 
 def test_dataset_accuracy_change(new_app, finished_run):
@@ -100,10 +104,10 @@ def test_before_defaults_to_the_runs_own_base_model(new_app, finished_run, tmp_p
     want = want[(want.side == "chosen") & want.in_response].sort_values("position")["score"].to_numpy()
     got = np.array([float(re.search(r"score (\S+)", t).group(1)) for t in block_tips(at, "Chosen", "implicit_reward")])
     np.testing.assert_allclose(got, want, rtol=6e-3, atol=1e-7)
-    before = block_tips(at, "Chosen", "tidpo")  # the first tidpo block is "before": seed 2's weights
+    before = block_tips(at, "Chosen", FALLBACK_METHOD)  # the first block of the method is "before": seed 2's
     at.selectbox(key="ba_base").set_value(str(tiny_model_folder)).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert block_tips(at, "Chosen", "tidpo") != before  # the app's own model (seed 0) as before
+    assert block_tips(at, "Chosen", FALLBACK_METHOD) != before  # the app's own model (seed 0) as before
 
 
 def test_a_trl_output_folder_is_a_run(new_app, app_env):
@@ -123,3 +127,66 @@ def test_a_trl_output_folder_is_a_run(new_app, app_env):
     assert state.run_weights("trl-dpo") == run.resolve() / "checkpoint-2"  # the latest checkpoint
     tips = block_tips(at, "Chosen", "implicit_reward")
     assert any(float(re.search(r"score (\S+)", t).group(1)) != 0 for t in tips)  # seed 2 against the base
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tips_scores(at, side: str, block: str) -> np.ndarray:
+    return np.array([float(re.search(r"score (\S+)", t).group(1)) for t in block_tips(at, side, block)])
+
+
+def train_tiny_run(runs: Path, model_folder: Path, name: str, **overrides) -> Path:
+    """A real 2-step tiviz run of the app's model on sample_data/train.jsonl, in the app's runs folder."""
+    from tiviz.training import config_from_preset, train
+
+    cfg = config_from_preset("no-triplet", **{"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2,
+                                              "save_steps": 0, "max_length": 96, "max_prompt_length": 48,
+                                              **overrides})
+    assert train(str(model_folder), str(ROOT / "sample_data" / "train.jsonl"), cfg, runs / name).state == "finished"
+    return runs / name
+
+
+def test_weights_training_used_at_the_start_and_the_end(new_app, app_env, tiny_model_folder):
+    from tiviz.training.used_weights import training_weights
+
+    run = train_tiny_run(app_env, tiny_model_folder, "tidpo-run")
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="ba_run").value == "tidpo-run"
+    caps = [c.value.replace("\\", "") for c in at.caption]
+    assert any("Weighting source: online: the L1 gradient of the max final logit (TI-DPO Eq. 4-5)" in c
+               and "lam 0.7" in c for c in caps)
+    pairs = load_pairs(ROOT / "sample_data" / "train.jsonl")
+    shown = {}
+    for when in ("start", "end"):
+        want = training_weights(run, pairs, pair_ids=[pairs[0].id], when=when)  # the library, models from disk
+        for side in ("chosen", "rejected"):
+            rows = want[(want.side == side) & want.in_response].sort_values("position")["score"].to_numpy()
+            assert rows.mean() == pytest.approx(1.0, rel=1e-5) and rows.std() > 0.01
+            got = tips_scores(at, side.capitalize(), f"training_weights · {when}")
+            np.testing.assert_allclose(got, rows, rtol=6e-3, atol=1e-7)  # shown with 3 significant digits
+            shown[when, side] = got
+    assert not np.allclose(shown["start", "chosen"], shown["end", "chosen"])  # the policy moved, so did w_t
+    heads = [m.value for m in at.markdown]
+    assert "**Start** (step 1: the policy is the run's base model)" in heads
+    assert "**End** (the final model, after step 2)" in heads
+
+
+def test_random_weights_need_the_runs_training_file(new_app, app_env, tiny_model_folder):
+    from tiviz.training.used_weights import training_weights
+
+    run = train_tiny_run(app_env, tiny_model_folder, "random-run", weighting="random", max_steps=1)
+    at = new_app()
+    at.switch_page("app_pages/before_after.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    pairs = load_pairs(ROOT / "sample_data" / "train.jsonl")
+    want = training_weights(run, pairs, pair_ids=[pairs[0].id], when="start")
+    want = want[(want.side == "chosen") & want.in_response].sort_values("position")["score"].to_numpy()
+    np.testing.assert_allclose(tips_scores(at, "Chosen", "training_weights · start"), want, rtol=6e-3)
+    assert any("random weights are a fresh draw at every step" in c.value.replace("\\", "") for c in at.caption)
+    at.selectbox(key="dataset").set_value("sample: test").run()  # not the file the run trained on
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("seeded by each pair's position" in i.value for i in at.info)
+    assert not any("training_weights" in b for b in html_bodies(at))

@@ -4,7 +4,7 @@ and an unreachable hub id shows a readable error that says the hub cannot be rea
 from __future__ import annotations
 
 import datasets
-from apptools import token_blocks
+from apptools import FALLBACK_METHOD, token_blocks
 
 from tiviz.testing import tiny_pairs
 
@@ -22,7 +22,7 @@ def test_saved_dataset_dict_is_inspected(new_app, tmp_path, monkeypatch):
     at.text_input(key="hf_split").input("test").run()
     assert not at.exception and not at.error
     assert [o.split(" · ")[0] for o in at.selectbox(key="pair").options] == [r["id"] for r in rows[1:3]]
-    assert token_blocks(at)[("chosen", "tidpo")] == rows[1]["chosen"]
+    assert token_blocks(at)[("chosen", FALLBACK_METHOD)] == rows[1]["chosen"]
 
 
 def test_unreachable_hub_id_says_so(new_app, monkeypatch):

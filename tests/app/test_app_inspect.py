@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import pytest
-from apptools import hand_logps, html_bodies, token_blocks
+from apptools import FALLBACK_METHOD, hand_logps, html_bodies, token_blocks
 
 from tiviz.data import load_pairs
 
@@ -17,8 +17,8 @@ def test_first_run_shows_the_first_sample_pair(new_app):
     assert at.selectbox(key="dataset").value == "sample: train"
     assert at.selectbox(key="pair").value == pair.id
     blocks = token_blocks(at)
-    assert blocks[("chosen", "tidpo")] == pair.chosen
-    assert blocks[("rejected", "tidpo")] == pair.rejected
+    assert blocks[("chosen", FALLBACK_METHOD)] == pair.chosen
+    assert blocks[("rejected", FALLBACK_METHOD)] == pair.rejected
     assert any(pair.prompt in html.unescape(b) for b in html_bodies(at))  # the prompt is shown
 
 
@@ -85,7 +85,7 @@ def test_other_samples(new_app, dataset):
     name = {"sample: test": "test", "sample: conversational": "conversational"}[dataset]
     pair = load_pairs(f"sample_data/{name}.jsonl")[0]
     assert at.selectbox(key="pair").value == pair.id
-    assert token_blocks(at)[("chosen", "tidpo")] == pair.response_text("chosen")
+    assert token_blocks(at)[("chosen", FALLBACK_METHOD)] == pair.response_text("chosen")
 
 
 def test_word_toggle_diff_view_and_hidden_template(new_app):
@@ -103,11 +103,11 @@ def test_word_toggle_diff_view_and_hidden_template(new_app):
     n_tokens = len(spans(chosen_tokens))
     at.toggle(key="inspect_words").set_value(True).run()
     assert not at.exception
-    assert token_blocks(at)[("chosen", "tidpo")] == pair.chosen  # same text, fewer cells
+    assert token_blocks(at)[("chosen", FALLBACK_METHOD)] == pair.chosen  # same text, fewer cells
     n_words = len(spans(next(b for b in html_bodies(at) if "Chosen response" in b)))
     assert n_words < n_tokens
     assert 'class="tok tok-special"' in next(b for b in html_bodies(at) if "Chosen response" in b)  # EOS shown
     at.toggle(key="inspect_hide_template").set_value(True).run()
     assert not at.exception
     body = next(b for b in html_bodies(at) if "Chosen response" in b)
-    assert 'class="tok tok-special"' not in body and token_blocks(at)[("chosen", "tidpo")] == pair.chosen
+    assert 'class="tok tok-special"' not in body and token_blocks(at)[("chosen", FALLBACK_METHOD)] == pair.chosen

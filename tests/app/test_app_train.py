@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from apptools import FALLBACK_METHOD
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -139,4 +140,4 @@ def test_a_finished_run_becomes_the_after_model(new_app, app_env, jobs_cleanup):
     at.button(key="train_compare").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="ba_run").value == "short"
-    assert any("tidpo_change" in b for b in [h.proto.body for h in at.html])
+    assert any(f"{FALLBACK_METHOD}_change" in b for b in [h.proto.body for h in at.html])

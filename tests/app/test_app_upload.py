@@ -9,7 +9,14 @@ import json
 import os
 
 import pytest
-from apptools import HOSTILE_CHOSEN, HOSTILE_PROMPT, HOSTILE_REJECTED, html_bodies, token_blocks
+from apptools import (
+    FALLBACK_METHOD,
+    HOSTILE_CHOSEN,
+    HOSTILE_PROMPT,
+    HOSTILE_REJECTED,
+    html_bodies,
+    token_blocks,
+)
 
 from tiviz.errors import ConfigError, DataError
 
@@ -60,7 +67,7 @@ def test_hostile_text_renders_escaped(new_app, hostile_jsonl):
     assert "&lt;script&gt;alert(&#x27;p&#x27;)&lt;/script&gt;" in joined  # the prompt, as text
     assert HOSTILE_PROMPT in html.unescape(joined)  # shown verbatim, as text
     blocks = token_blocks(at)
-    assert blocks[("chosen", "tidpo")] == HOSTILE_CHOSEN and blocks[("rejected", "tidpo")] == HOSTILE_REJECTED
+    assert blocks[("chosen", FALLBACK_METHOD)] == HOSTILE_CHOSEN and blocks[("rejected", FALLBACK_METHOD)] == HOSTILE_REJECTED
     for md in at.markdown:  # nothing from the dataset reaches markdown unescaped
         assert "<script" not in md.value and "javascript:" not in md.value
     at.switch_page("app_pages/methods.py").run()

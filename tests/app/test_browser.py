@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from app.app_pages.pickers import method_options
 from tiviz.data import load_pairs
+from tiviz.evaluation.method_ranking import default_method
 from tiviz.testing import free_port
 
 pytestmark = pytest.mark.browser
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts" / "browser"
+METHOD = default_method("likelihood", method_options(reference=False))[0]  # what Inspect opens on for the base model
+TOKENS = f".tiviz-tokens[data-method='{METHOD}']"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
 
@@ -86,7 +90,7 @@ def upload_on_inspect(page, server: str, path) -> None:
     """Open the app on Inspect, wait for its first shaded response, then upload `path` as the dataset."""
     page.goto(server)
     page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
-    page.locator(".tiviz-tokens[data-method='tidpo']").first.wait_for(timeout=120_000)
+    page.locator(TOKENS).first.wait_for(timeout=120_000)
     page.get_by_role("combobox", name="Dataset").click()
     page.get_by_role("option", name="upload a file…").click()
     page.locator("input[type=file]").set_input_files(str(path))
@@ -98,7 +102,7 @@ def test_inspect_page_renders_shaded_tokens(server, browser):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(server)
     page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
-    blocks = page.locator(".tiviz-tokens[data-method='tidpo']")
+    blocks = page.locator(TOKENS)
     blocks.first.wait_for(timeout=120_000)
     assert blocks.count() == 2
     chosen = blocks.nth(0)
@@ -126,7 +130,7 @@ def test_diff_view_aligns_the_two_responses(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(server)
     page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
-    diff = page.locator(".tiviz-diff[data-method='tidpo']")
+    diff = page.locator(f".tiviz-diff[data-method='{METHOD}']")
     diff.wait_for(timeout=120_000)
     chosen = diff.locator(".diff-seg:not(.diff-labels) .diff-chosen .tok:not(.tok-special)").all_text_contents()
     rejected = diff.locator(".diff-seg:not(.diff-labels) .diff-rejected .tok:not(.tok-special)").all_text_contents()
@@ -152,7 +156,7 @@ def test_hostile_upload_renders_as_text(server, browser, tmp_path):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     upload_on_inspect(page, server, path)
     page.get_by_text("<script>alert('p')</script>").wait_for(timeout=120_000)  # the prompt, as text
-    chosen = page.locator(".tiviz-tokens[data-method='tidpo']").first
+    chosen = page.locator(TOKENS).first
     chosen.wait_for()
     assert "".join(chosen.locator(".tok:not(.tok-special)").all_text_contents()) == row["chosen"]
     assert page.locator(".tiviz-tokens img, .tiviz-tokens script, .tiviz-tokens b").count() == 0
@@ -188,9 +192,9 @@ def shown(text: str) -> re.Pattern:
 
 
 CHOSEN_TEXT_IS = """(want) => {
-  const block = document.querySelector(".tiviz-tokens[data-method='tidpo']");
+  const block = document.querySelector("TOKENS");
   return block && [...block.querySelectorAll(".tok:not(.tok-special)")].map((e) => e.textContent).join("") === want;
-}"""
+}""".replace("TOKENS", TOKENS)
 
 
 def test_dataset_text_never_becomes_markdown(server, browser, browser_tmp, tmp_path):

@@ -25,6 +25,7 @@ _LAZY = {
     "evaluate_policy": "tiviz.training.evaluation",
     "read_metrics": "tiviz.training.metrics",
     "metrics_frame": "tiviz.training.metrics",
+    "training_weights": "tiviz.training.used_weights",
     "latest_good_checkpoint": "tiviz.training.checkpoint",
     "list_checkpoints": "tiviz.training.checkpoint",
 }
