@@ -34,15 +34,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("uniform", "tidpo", "gradient", "grad_x_input", "random", "gradient@base")
-"""Weight sources: a `weighting` id (online, from the current policy) or `METHOD@base` (computed once from the
-base model, `--weights-from`); `uniform` is plain DPO, the baseline."""
+"""Weight sources: a `weighting` id (online, from the current policy) or `METHOD@base` / `METHOD@DIR` (computed
+once from the base model or from the scorer in DIR, a finished run or a reward model: `--weights-from`); `uniform`
+is plain DPO, the baseline."""
 DEFAULT = {"sources": "uniform,tidpo,gradient@base", "datasets": "sample,planted", "seeds": "0,1,2",
            "steps": 3, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
-           "n_train": 16, "n_test": 16, "planted_n": 64, "lr": 1e-3}
+           "n_train": 16, "n_test": 16, "planted_n": 64, "planted_fillers": "1,3", "lr": 1e-3}
 """Scaled to about 20 minutes on a shared 2-core CPU (a LoRA step of 2 pairs took 25-45 s under load here)."""
 FULL = {"sources": ",".join(SOURCES) + ",attention,integrated_gradients,implicit_reward", "datasets": "sample,planted",
         "seeds": "0,1,2,3,4", "steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 512,
-        "max_prompt_length": 256, "n_train": 0, "n_test": 0, "planted_n": 400, "lr": 5e-5}
+        "max_prompt_length": 256, "n_train": 0, "n_test": 0, "planted_n": 400, "planted_fillers": "5,10", "lr": 5e-5}
 """`--full`: every source, 5 seeds, 100 steps of 8 pairs, whole datasets (n_train 0 = all)."""
 
 
@@ -60,7 +61,8 @@ def datasets(names: list[str], args: argparse.Namespace) -> dict[str, tuple[list
             except ImportError:
                 print("# planted: tiviz.planted is not in this build; skipped", file=sys.stderr)
                 continue
-            train, test = split_pairs(planted_pairs(args.planted_n, seed=0, fillers=(1, 3)))
+            lo, hi = (int(x) for x in args.planted_fillers.split(","))
+            train, test = split_pairs(planted_pairs(args.planted_n, seed=0, fillers=(lo, hi)))
         else:
             raise SystemExit(f"unknown dataset {name!r}: sample or planted")
         out[name] = (train[: args.n_train] if args.n_train else train, test[: args.n_test] if args.n_test else test)

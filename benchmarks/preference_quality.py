@@ -21,6 +21,7 @@ Sized for a 2-core CPU (docs/EVALUATION.md gives the measured times); every size
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -62,16 +63,13 @@ def train_dpo(pairs_file: Path, run_dir: Path, args: argparse.Namespace) -> Path
     return run_dir
 
 
-def reward_rows(pairs: list[Any], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
-    """RewardTrainer's processed rows (`chosen_ids`, `rejected_ids`) encoded exactly as tiviz's reward-model
-    scorer reads them: the prompt through the chat template, then the response and EOS (`tiviz.tokenization`)."""
-    from tiviz.tokenization import encode_pair
-
-    rows = []
-    for p in pairs:
-        chosen, rejected = encode_pair(tokenizer, p, max_length=max_length)
-        rows.append({"chosen_ids": list(chosen.input_ids), "rejected_ids": list(rejected.input_ids)})
-    return rows
+def reward_rows(pairs: list[Any]) -> list[dict[str, list[dict[str, str]]]]:
+    """The pairs in TRL's conversational preference form (prompt a user turn, each response an assistant turn),
+    so `RewardTrainer` tokenizes them itself, through the chat template; tiviz's reward-model scorer reads a pair
+    exactly as RewardTrainer encodes this form (docs/METHOD.md, scorers)."""
+    return [{"prompt": [{"role": "user", "content": p.prompt}],
+             "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
 
 
 def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) -> Path:
@@ -96,12 +94,12 @@ def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) ->
         tok.pad_token = tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    data = Dataset.from_list(reward_rows(load_pairs(pairs_file)[: args.rm_steps * 4], tok, args.max_length))
+    data = Dataset.from_list(reward_rows(load_pairs(pairs_file)[: args.rm_steps * 4]))
     cfg = RewardConfig(
         output_dir=str(out.with_name(out.name + ".trainer")), max_steps=args.rm_steps,
         per_device_train_batch_size=4, learning_rate=args.rm_lr, lr_scheduler_type="constant_with_warmup",
         warmup_steps=3, logging_steps=5, save_strategy="no", report_to=[], bf16=False,
-        gradient_checkpointing=False, max_length=args.max_length, use_cpu=True, seed=args.seed,
+        gradient_checkpointing=False, max_length=2 * args.max_length, use_cpu=True, seed=args.seed,
         disable_dropout=True,
     )
     # LoRA on the top layers only: the backward then stops there (a 2-core CPU affords it); the score head is
@@ -177,6 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-pairs", type=int, default=40, help="sample_data/test.jsonl pairs attributed")
     ap.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
     ap.add_argument("--methods", default=",".join(METHODS), help="methods to score (missing ones are skipped)")
+    ap.add_argument("--faith-pairs", type=int, default=12,
+                    help="pairs (of the attributed ones) on which pair-level deletion AOPC is measured (0: none)")
+    ap.add_argument("--n-random", type=int, default=3, help="random rankings per sequence for the AOPC baseline")
+    ap.add_argument("--confident", type=float, default=0.95,
+                    help="a template counts as learnt by a scorer when its test accuracy reaches this")
+    ap.add_argument("--write-ranking", action="store_true",
+                    help="write the per-scorer method ranking the app opens on (tiviz/evaluation/quality_ranking.json)")
+    ap.add_argument("--scorers", default="base,dpo,rm",
+                    help="scorers to score now; results of the others are kept from OUT/quality.json")
     ap.add_argument("--train-only", action="store_true", help="stop after training the scorers")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -204,8 +211,25 @@ def main(argv: list[str] | None = None) -> None:
     results = run_quality(args, load_pairs(data / "test.jsonl"), load_pairs(ROOT / "sample_data" / "test.jsonl"),
                           dpo, rm, sample_dpo)
     results["train_seconds_this_run"] = round(t_train)
+    results = keep_other_scorers(results, out / "quality.json", args.scorers.split(","))
     (out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if args.write_ranking:
+        from tiviz.evaluation.method_ranking import write_ranking
+
+        write_ranking(results["rows"], source="benchmarks/preference_quality.py " + " ".join(argv or sys.argv[1:]))
     sys.stdout.write(format_results(results) + "\n")
+
+
+def keep_other_scorers(results: dict[str, Any], path: Path, scored: list[str]) -> dict[str, Any]:
+    """`results` plus the rows and accuracies of the scorers not scored in this run, from an earlier `path`."""
+    if not path.is_file():
+        return results
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("rows", "faithfulness"):
+        results[key] = [r for r in old.get(key, []) if r["scorer"] not in scored] + results[key]
+    results["accuracy"] = {**{k: v for k, v in old.get("accuracy", {}).items() if k.split("/")[1] not in scored},
+                           **results["accuracy"]}
+    return results
 
 
 def load_scorers(names: list[str], dpo: Path | None, rm: Path | None) -> dict[str, Any]:
@@ -217,33 +241,29 @@ def load_scorers(names: list[str], dpo: Path | None, rm: Path | None) -> dict[st
     return {n: load_scorer(paths[n], dtype="float32") for n in names if paths[n]}
 
 
+SCORER_TARGET = {"likelihood": "logprob", "implicit_reward": "reward", "reward_model": "reward"}
+
+
 def attribute_with(scorer: Any, pairs: list[Any], methods: list[str], args: argparse.Namespace
                    ) -> tuple[Any, dict[str, str]]:
-    """(tidy table of the methods main can run for this scorer, or None; method -> why it was skipped).
+    """(tidy table of the methods this scorer can give, method -> why it was skipped).
 
-    All methods go into one `attribute` call, so the gradient methods share their backward pass.
+    Every method explains the scorer's own score per side (`SCORER_TARGET`: log pi for a causal LM alone, the
+    implicit reward through both models for a run, the reward model's output); all methods go into one
+    `attribute` call, so the gradient methods share their backward pass.
     """
-    import inspect
-
     from tiviz.attribution import attribute
     from tiviz.attribution.methods import METHODS
 
-    skipped = {m: "not on main" for m in methods if m not in METHODS}
+    skipped = {m: "not a registered method" for m in methods if m not in METHODS}
     run = [m for m in methods if m in METHODS]
-    settings = {"n_steps": args.ig_steps, "ig_max_steps": args.ig_steps, "batch_size": 2}
-    if "scorer" in inspect.signature(attribute).parameters:  # attribution explains scorers directly
-        table = attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, scorer=scorer, **settings)
-        return table, skipped
-    # before attribution knows scorers: the causal-LM targets (the reward target holds pi_ref constant)
-    if scorer.kind == "reward_model":
-        return None, {**skipped, **{m: "attribution of a reward model not on main" for m in run}}
-    if scorer.kind == "implicit_reward":
-        run = [*run, "implicit_reward"] if "implicit_reward" in METHODS and "implicit_reward" not in run else run
-        return attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, ref_model=scorer.reference,
-                         target="margin", **settings), skipped
-    skipped.update({m: "needs a reference" for m in run if METHODS[m].needs_reference})
-    run = [m for m in run if not METHODS[m].needs_reference]
-    return attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, target="logprob", **settings), skipped
+    if scorer.kind == "reward_model" and "tidpo" in run:
+        run.remove("tidpo")
+        skipped["tidpo"] = "reads a causal LM's final logits; a reward model has none"
+    settings = {"n_steps": args.ig_steps, "ig_max_steps": args.ig_steps, "batch_size": 2,
+                "target": SCORER_TARGET[scorer.kind]}
+    table = attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, scorer=scorer, **settings)
+    return table, skipped
 
 
 def random_cue_share(pairs: list[Any], table: Any) -> float:
@@ -283,20 +303,20 @@ def accuracy(scorer: Any, pairs: list[Any]) -> dict[str, Any]:
 def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any], dpo: Path | None, rm: Path,
                 sample_dpo: Path | None) -> dict[str, Any]:
     """Accuracy and cue-finding scores of every (dataset, scorer, method); tables cached under OUT/tables."""
-    from tiviz.evaluation import evaluate
     from tiviz.table import read_table, write_table
 
     out = Path(args.out)
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     methods = [m for m in args.methods.split(",") if m]
-    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items()}, "rows": [], "accuracy": {}}
+    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items()}, "rows": [], "accuracy": {},
+                               "faithfulness": []}
     datasets = [("planted", planted, {"base": None, "dpo": dpo, "rm": rm}),
                 ("sample", sample, {"base": None, "dpo": sample_dpo, "rm": rm})]
     for data_name, all_pairs, scorer_paths in datasets:
         n_attr = args.test_pairs if data_name == "planted" else args.sample_pairs
         pairs = all_pairs[:n_attr]
-        names = [n for n in ("base", "dpo", "rm") if n == "base" or scorer_paths[n]]
+        names = [n for n in ("base", "dpo", "rm") if (n == "base" or scorer_paths[n]) and n in args.scorers.split(",")]
         scorers = load_scorers(names, scorer_paths["dpo"], scorer_paths["rm"])
         for sname, scorer in scorers.items():
             t0 = time.perf_counter()
@@ -304,57 +324,196 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
             acc["seconds"] = round(time.perf_counter() - t0, 1)
             results["accuracy"][f"{data_name}/{sname}"] = acc
             log.info("%s %s: accuracy %.3f on %d pairs", data_name, sname, acc["accuracy"], acc["n_pairs"])
-            tag = zlib.crc32(",".join(methods).encode("utf-8"))
+            tag = zlib.crc32((",".join(methods) + SCORER_TARGET[scorer.kind]).encode("utf-8"))
             path = tables / f"{data_name}_{sname}_{len(pairs)}_{args.ig_steps}_{tag:08x}.parquet"
             t0 = time.perf_counter()
-            skipped: dict[str, str] = {}
             if path.is_file():
                 table = read_table(path)
                 skipped = json.loads(path.with_suffix(".skipped.json").read_text(encoding="utf-8"))
             else:
                 table, skipped = attribute_with(scorer, pairs, methods, args)
-                if table is not None:
-                    write_table(table, path)
+                write_table(table, path)
                 path.with_suffix(".skipped.json").write_text(json.dumps(skipped), encoding="utf-8")
             seconds = time.perf_counter() - t0
+            table = with_pair_view(table)
+            log.info("%s %s: attributed %d pairs in %.0f s", data_name, sname, len(pairs), seconds)
             for method, why in skipped.items():
                 results["rows"].append({"data": data_name, "scorer": sname, "method": method, "skipped": why})
-            if table is None:
-                continue
-            ev = evaluate(scorer.model, pairs, table=table, faithfulness=False)
-            cue = cue_beats_distractor(table, pairs) if data_name == "planted" else {}
-            cue_random = random_cue_share(pairs, table) if data_name == "planted" else math.nan
-            target = (table.attrs.get("tiviz", {}).get("settings") or {}).get("target")
-            for _, row in ev.scores.iterrows():
-                rec = {"data": data_name, "scorer": sname, "method": row["method"], "auprc": float(row["auprc"]),
-                       "auprc_random": float(row["auprc_random"]), "n_pairs": len(pairs),
-                       "seconds_all_methods": round(seconds, 1), "target": target}
-                if data_name == "planted":
-                    rec["cue_over_distractor"] = cue.get(str(row["method"]), math.nan)
-                    rec["cue_over_distractor_random"] = cue_random
-                results["rows"].append(rec)
-                log.info("%s", rec)
+            learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
+            results["rows"] += quality_rows(scorer.model, table, pairs, data_name, sname, learnt, seconds)
+            if args.faith_pairs and scorer.kind != "reward_model":
+                results["faithfulness"] += faithfulness_rows(scorer, table, pairs[: args.faith_pairs], data_name,
+                                                             sname, args)
         del scorers
     return results
 
 
+def with_pair_view(table: Any) -> Any:
+    """The table plus `token_score_pair` (`tiviz.attribution.decomposition.pair_terms`: shared stretches cancel)
+    when it holds `token_score`."""
+    import pandas as pd
+
+    from tiviz.attribution.decomposition import pair_terms
+
+    if "token_score" not in set(table["method"]):
+        return table
+    out = pd.concat([table, pair_terms(table)], ignore_index=True)
+    out.attrs = copy.deepcopy(table.attrs)
+    out.attrs["tiviz"]["methods"] = [*table.attrs["tiviz"]["methods"], "token_score_pair"]
+    return out
+
+
+def quality_rows(model: Any, table: Any, pairs: list[Any], data_name: str, sname: str, learnt: list[str],
+                 seconds: float) -> list[dict[str, Any]]:
+    """One record per method: rationale AUPRC (random beside) on all attributed pairs and on the pairs of the
+    templates the scorer has learnt (`learnt`), and for planted pairs the cue-over-distractor share likewise."""
+    import numpy as np
+
+    from tiviz.evaluation import evaluate
+
+    ev = evaluate(model, pairs, table=table, faithfulness=False)  # plausibility only: no forward
+    per = ev.per_sequence
+    template = {p.id: p.extra.get("template") for p in pairs}
+    per = per.assign(template=per["pair_id"].map(template))
+    learnt_pairs = [p for p in pairs if p.extra.get("template") in learnt]
+    cue = cue_beats_distractor(table, pairs) if data_name == "planted" else {}
+    cue_learnt = (cue_beats_distractor(table, learnt_pairs) if data_name == "planted" and learnt_pairs else {})
+    settings = table.attrs.get("tiviz", {}).get("settings") or {}
+    rows = []
+    for method, g in per.groupby("method", sort=False):
+        g = g[g["auprc"].notna()]
+        gl = g[g["template"].isin(learnt)]
+        rec: dict[str, Any] = {
+            "data": data_name, "scorer": sname, "method": method, "n_pairs": len(pairs),
+            "auprc": float(g["auprc"].mean()), "auprc_random": float(g["auprc_random"].mean()),
+            "learnt_templates": learnt, "n_pairs_learnt": len(learnt_pairs),
+            "auprc_learnt": float(gl["auprc"].mean()) if len(gl) else math.nan,
+            "auprc_learnt_random": float(gl["auprc_random"].mean()) if len(gl) else math.nan,
+            "by_template": {str(t): float(x["auprc"].mean()) for t, x in g.groupby("template") if t},
+            "seconds_all_methods": round(seconds, 1), "target": settings.get("target"),
+        }
+        if data_name == "planted":
+            rec["cue_over_distractor"] = cue.get(str(method), math.nan)
+            rec["cue_over_distractor_random"] = random_cue_share(pairs, table)
+            rec["cue_over_distractor_learnt"] = cue_learnt.get(str(method), math.nan)
+            rec["cue_over_distractor_learnt_random"] = (random_cue_share(learnt_pairs, table[
+                table["pair_id"].isin({p.id for p in learnt_pairs})]) if learnt_pairs else math.nan)
+        rows.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()})
+        log.info("%s", rows[-1])
+    return rows
+
+
+def faithfulness_rows(scorer: Any, table: Any, pairs: list[Any], data_name: str, sname: str,
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Pair-level deletion and insertion (docs/EVALUATION.md, "Pair-level faithfulness") of each method on the
+    scorer's own score: log pi for a causal LM; for a run, the implicit reward with pi_ref perturbed alike
+    (the base model loaded as the reference: the run's adapter-disabled copy cannot be perturbed apart)."""
+    from tiviz.evaluation import evaluate
+
+    ids = {p.id for p in pairs}
+    sub = table[table["pair_id"].isin(ids)]
+    # whatever a method explains, its top tokens are removed from the scorer's own score's inputs
+    sub.attrs = copy.deepcopy(table.attrs)
+    sub.attrs["tiviz"]["method_targets"] = {m: "reward" for m in sub.attrs["tiviz"]["methods"]}
+    ref = None
+    if scorer.kind == "implicit_reward":
+        from tiviz.models import load_model
+
+        ref = scorer.reference if scorer.reference is not None else load_model(
+            "smollm2-135m-instruct", dtype="float32").model
+    t0 = time.perf_counter()
+    ev = evaluate(scorer.model, pairs, table=sub, tokenizer=scorer.tokenizer, ref_model=ref,
+                  target="method" if ref is not None else "logprob", n_random=args.n_random,
+                  curve_fractions=(0.1, 0.2, 0.3, 0.4, 0.5), eraser_fractions=(0.05, 0.1, 0.2), batch_size=16)
+    seconds = time.perf_counter() - t0
+    rows = []
+    for _, r in ev.scores.iterrows():
+        rec = {"data": data_name, "scorer": sname, "method": r["method"], "n_pairs": len(pairs),
+               "seconds_all_methods": round(seconds, 1)}
+        for s in ("margin_deletion", "margin_insertion"):
+            for side in ("chosen", "rejected"):
+                for tail in ("", "_random"):
+                    rec[f"{s}_{side}{tail}"] = float(r[f"{s}_{side}{tail}"])
+            rec[s] = (rec[f"{s}_chosen"] + rec[f"{s}_rejected"]) / 2
+            rec[f"{s}_random"] = (rec[f"{s}_chosen_random"] + rec[f"{s}_rejected_random"]) / 2
+        rows.append(rec)
+        log.info("%s", rec)
+    return rows
+
+
+def _cell(value: Any, random: Any, digits: int = 3) -> str:
+    """'value (random)', or an en dash where there is nothing to report."""
+    if value is None or random is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f} ({random:.{digits}f})"
+
+
 def format_results(results: dict[str, Any]) -> str:
-    """Markdown: the accuracy table, then one row per (dataset, scorer, method) with random beside each."""
+    """Markdown: the accuracy table, the ranking table (random beside each), the pair-level faithfulness table,
+    and the issue's targets checked on the templates each scorer has learnt."""
     lines = ["| data | scorer | test accuracy | by template |", "|---|---|---|---|"]
     for key, acc in results["accuracy"].items():
         data, scorer = key.split("/")
         by = ", ".join(f"{t} {v:.2f}" for t, v in (acc.get("by_template") or {}).items())
         lines.append(f"| {data} | {scorer} | {acc['accuracy']:.3f} ({int(acc['n_pairs'])} pairs) | {by} |")
-    lines += ["", "| data | scorer | method | AUPRC (random) | cue > distractor (random) |", "|---|---|---|---|---|"]
+    lines += ["", "| data | scorer | method | AUPRC (random) | cue > distractor (random) | learnt templates: "
+              "AUPRC (random) | learnt: cue > distractor (random) |", "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         if r.get("skipped"):
-            lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | skipped: {r['skipped']} | |")
+            lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | skipped: {r['skipped']} | | | |")
             continue
-        cue = (f"{r['cue_over_distractor']:.2f} ({r['cue_over_distractor_random']:.2f})"
-               if "cue_over_distractor" in r else "")
-        lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | {r['auprc']:.3f} ({r['auprc_random']:.3f}) "
-                     f"| {cue} |")
+        learnt = (f"{_cell(r['auprc_learnt'], r['auprc_learnt_random'])} ({r['n_pairs_learnt']} pairs: "
+                  f"{', '.join(r['learnt_templates'])})" if r.get("learnt_templates") else "no template learnt")
+        if r["data"] != "planted":
+            learnt = ""
+        lines.append(f"| {r['data']} | {r['scorer']} | {r['method']} | {_cell(r['auprc'], r['auprc_random'])} | "
+                     f"{_cell(r.get('cue_over_distractor'), r.get('cue_over_distractor_random'), 2)} | {learnt} | "
+                     f"{_cell(r.get('cue_over_distractor_learnt'), r.get('cue_over_distractor_learnt_random'), 2)}"
+                     " |")
+    if results.get("faithfulness"):
+        lines += ["", "| data | scorer | method | margin deletion AOPC (random) | chosen | rejected | "
+                  "margin insertion AOPC (random) |", "|---|---|---|---|---|---|---|"]
+        for r in results["faithfulness"]:
+            lines.append(
+                f"| {r['data']} | {r['scorer']} ({r['n_pairs']} pairs) | {r['method']} | "
+                f"{_cell(r['margin_deletion'], r['margin_deletion_random'])} | "
+                f"{_cell(r['margin_deletion_chosen'], r['margin_deletion_chosen_random'])} | "
+                f"{_cell(r['margin_deletion_rejected'], r['margin_deletion_rejected_random'])} | "
+                f"{_cell(r['margin_insertion'], r['margin_insertion_random'])} |")
+    lines += ["", *check_targets(results)]
     return "\n".join(lines)
+
+
+GRADIENT_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion")
+
+
+def check_targets(results: dict[str, Any]) -> list[str]:
+    """The issue's planted-cue targets, per scorer, on the templates it has learnt (accuracy >= --confident):
+    best AUPRC >= 0.9 and cue > distractor >= 0.95; the gradient methods and occlusion >= 2x random AUPRC;
+    pair-level deletion AOPC >= 2x random."""
+    out = ["Targets on the learnt templates (planted test split):"]
+    rows = [r for r in results["rows"] if r["data"] == "planted" and not r.get("skipped")]
+    for sname in dict.fromkeys(r["scorer"] for r in rows):
+        mine = [r for r in rows if r["scorer"] == sname and r.get("auprc_learnt") is not None]
+        if not mine:
+            out.append(f"- {sname}: no template reaches the accuracy threshold; the targets do not apply")
+            continue
+        best = max(mine, key=lambda r: r["auprc_learnt"])
+        out.append(f"- {sname} ({', '.join(best['learnt_templates'])}; {best['n_pairs_learnt']} pairs): best "
+                   f"{best['method']} AUPRC {best['auprc_learnt']:.3f} (>= 0.9: "
+                   f"{'met' if best['auprc_learnt'] >= 0.9 else 'missed'}), cue > distractor "
+                   f"{best['cue_over_distractor_learnt']:.2f} (>= 0.95: "
+                   f"{'met' if best['cue_over_distractor_learnt'] >= 0.95 else 'missed'})")
+        for r in mine:
+            if r["method"] in GRADIENT_METHODS:
+                ratio = r["auprc_learnt"] / r["auprc_learnt_random"]
+                out.append(f"  - {r['method']}: {ratio:.1f}x random AUPRC (>= 2x: {'met' if ratio >= 2 else 'missed'})")
+        for f in results.get("faithfulness", []):
+            if f["data"] == "planted" and f["scorer"] == sname and f["margin_deletion_random"] > 0:
+                ratio = f["margin_deletion"] / f["margin_deletion_random"]
+                out.append(f"  - {f['method']}: pair-level deletion AOPC {ratio:.1f}x random (all templates; "
+                           f">= 2x: {'met' if ratio >= 2 else 'missed'})")
+    return out
 
 
 if __name__ == "__main__":

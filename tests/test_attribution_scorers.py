@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tiviz.attribution import attribute
-from tiviz.attribution.decomposition import margin_split
+from tiviz.attribution.decomposition import margin_split, pair_terms
 from tiviz.attribution.gradient import embed
-from tiviz.errors import ConfigError
+from tiviz.errors import ConfigError, TableError
 from tiviz.scoring import make_scorer, score_pairs
 from tiviz.testing import tiny_model, tiny_reward_model
 from tiviz.tokenization import collate, encode_pair
@@ -119,6 +119,28 @@ def test_margin_split_over_aligned_stretches(tok, pairs):
     r = rows[rows["side"] == "rejected"]["score"].to_numpy()[:prefix]
     np.testing.assert_allclose(c, r, atol=1e-6)
     assert abs(cap["from_shared"]) > 0
+
+
+def test_pair_terms_sum_to_the_margin_and_cancel_the_shared_prefix(tok, pairs):
+    scorer = make_scorer(tiny_model(seed=0), tokenizer=tok)
+    df = attribute(scorer, pairs, ["token_score"])
+    view = pair_terms(df)
+    assert set(view["method"]) == {"token_score_pair"} and len(view) == len(df)
+    resp = view[view["in_response"]]
+    sums = resp.groupby(["pair_id", "side"])["score"].sum().unstack("side")
+    margins = score_pairs(scorer, pairs).set_index("pair_id")["margin"]
+    np.testing.assert_allclose(sums["chosen"] - sums["rejected"], margins.loc[sums.index], atol=1e-4)
+    # the shared prefix of "capital" has the same terms on both sides: 0 in the pair view; the differing city
+    # keeps its own term
+    cap = resp[resp["pair_id"] == "capital"]
+    prefix = len("The capital of France is ")
+    assert np.abs(cap[cap["side"] == "chosen"]["score"].to_numpy()[:prefix]).max() < 1e-6
+    own = df[(df["pair_id"] == "capital") & df["in_response"] & (df["side"] == "chosen")]["score"].to_numpy()
+    mine = cap[cap["side"] == "chosen"]["score"].to_numpy()
+    differing = ~np.isclose(mine, 0, atol=1e-6)
+    assert differing.any() and np.allclose(mine[differing][0], own[differing][0])
+    with pytest.raises(TableError):
+        pair_terms(df, method="gradient")
 
 
 def test_scorer_and_quantities_are_recorded(tok, pairs):

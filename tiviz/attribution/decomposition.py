@@ -49,3 +49,35 @@ def margin_split(table: pd.DataFrame, method: str = "token_score") -> pd.DataFra
             "n_shared": int((g["shared"] & (g["side"] == "chosen")).sum()),
         })
     return pd.DataFrame(out)
+
+
+def pair_terms(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame:
+    """A pair view of a decomposition, for ranking tokens by what they do to the margin: in a shared stretch each
+    token's value is half its own term minus its aligned counterpart's (0 where an earlier difference left its
+    likelihood alone), in a differing stretch its own term. So sum(chosen values) - sum(rejected values) is the
+    margin, as `margin_split` splits it. Returns the method's rows with those values, as method `METHOD_pair`.
+    """
+    from tiviz.alignment import align_tokens
+
+    if method not in DECOMPOSED:
+        raise TableError(f"pair_terms reads a decomposition ({', '.join(DECOMPOSED)}), not {method!r}")
+    rows = table[table["method"] == method].copy()
+    if rows.empty:
+        raise TableError(f"the table has no rows of method {method!r}. Fix: attribute with methods including "
+                         f"{method!r}")
+    resp = rows[rows["in_response"].astype(bool)]
+    for _, g in resp.groupby("pair_id", sort=False):
+        sides = {s: x.sort_values("position") for s, x in g.groupby("side")}
+        if set(sides) != {"chosen", "rejected"}:
+            continue
+        c, r = sides["chosen"], sides["rejected"]
+        sc, sr = c["score"].to_numpy(float), r["score"].to_numpy(float)
+        for seg in align_tokens(c["token_id"].tolist(), r["token_id"].tolist()):
+            if seg.kind != "same":
+                continue
+            ci, ri = slice(*seg.chosen), slice(*seg.rejected)
+            half = (sc[ci] - sr[ri]) / 2
+            rows.loc[c.index[ci], "score"] = half
+            rows.loc[r.index[ri], "score"] = -half
+    rows["method"] = f"{method}_pair"
+    return rows
