@@ -74,9 +74,16 @@ def importance_table(cfg: TIDPOConfig, pairs: list[PreferencePair], *, cache: bo
     from tiviz.attribution.core import attribute
 
     assert cfg.weights_from is not None
+    from tiviz.scoring import make_scorer
+
     model, tokenizer, reference, info = load_weight_scorer(cfg.weights_from, device=device)
     method = attribution_method(cfg)
-    df = attribute(model, pairs, [method], tokenizer=tokenizer, ref_model=reference, config=attribution_config(cfg),
+    # a LoRA run's reference is its own model with the adapter disabled (no separate module)
+    adapter = reference is None and info["scorer"]["kind"] == "implicit_reward"
+    scorer = make_scorer(model, reference=reference, tokenizer=tokenizer, adapter_reference=adapter,
+                         beta=info["scorer"].get("beta") or 0.1, model_id=info["scorer"].get("model_id"),
+                         reference_id=info["scorer"].get("reference_id"))
+    df = attribute(scorer, pairs, [method], config=attribution_config(cfg),
                    model_id=info["scorer"].get("model_id") or cfg.weights_from, cache=cache)
     df.attrs["tiviz"]["weights_from"] = info
     return df
