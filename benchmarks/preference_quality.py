@@ -319,9 +319,14 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
         names = [n for n in ("base", "dpo", "rm") if (n == "base" or scorer_paths[n]) and n in args.scorers.split(",")]
         scorers = load_scorers(names, scorer_paths["dpo"], scorer_paths["rm"])
         for sname, scorer in scorers.items():
-            t0 = time.perf_counter()
-            acc = accuracy(scorer, all_pairs[: args.accuracy_pairs])
-            acc["seconds"] = round(time.perf_counter() - t0, 1)
+            acc_path = tables / f"accuracy_{data_name}_{sname}_{args.accuracy_pairs}.json"
+            if acc_path.is_file():
+                acc = json.loads(acc_path.read_text(encoding="utf-8"))
+            else:
+                t0 = time.perf_counter()
+                acc = accuracy(scorer, all_pairs[: args.accuracy_pairs])
+                acc["seconds"] = round(time.perf_counter() - t0, 1)
+                acc_path.write_text(json.dumps(acc), encoding="utf-8")
             results["accuracy"][f"{data_name}/{sname}"] = acc
             log.info("%s %s: accuracy %.3f on %d pairs", data_name, sname, acc["accuracy"], acc["n_pairs"])
             tag = zlib.crc32((",".join(methods) + SCORER_TARGET[scorer.kind]).encode("utf-8"))
@@ -342,8 +347,11 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
             learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
             results["rows"] += quality_rows(scorer.model, table, pairs, data_name, sname, learnt, seconds)
             if args.faith_pairs and scorer.kind != "reward_model":
-                results["faithfulness"] += faithfulness_rows(scorer, table, pairs[: args.faith_pairs], data_name,
-                                                             sname, args)
+                f_path = path.with_name(path.stem + f"_faith{args.faith_pairs}_{args.n_random}.json")
+                if not f_path.is_file():
+                    f_path.write_text(json.dumps(faithfulness_rows(scorer, table, pairs[: args.faith_pairs],
+                                                                   data_name, sname, args)), encoding="utf-8")
+                results["faithfulness"] += json.loads(f_path.read_text(encoding="utf-8"))
         del scorers
     return results
 
