@@ -63,21 +63,30 @@ def train_dpo(pairs_file: Path, run_dir: Path, args: argparse.Namespace) -> Path
     return run_dir
 
 
-def reward_rows(pairs: list[Any]) -> list[dict[str, list[dict[str, str]]]]:
-    """The pairs in TRL's conversational preference form (prompt a user turn, each response an assistant turn),
-    so `RewardTrainer` tokenizes them itself, through the chat template; tiviz's reward-model scorer reads a pair
-    exactly as RewardTrainer encodes this form (docs/METHOD.md, scorers)."""
-    return [{"prompt": [{"role": "user", "content": p.prompt}],
-             "chosen": [{"role": "assistant", "content": p.chosen}],
-             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
+def reward_rows(pairs: list[Any], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """RewardTrainer's processed rows (`chosen_ids`, `rejected_ids`): each pair as `RewardTrainer` itself tokenises
+    its conversational form, the one encoding tiviz's reward-model scorer reads (`encode_reward_pair`)."""
+    from tiviz.tokenization import encode_reward_pair
+
+    return [{"chosen_ids": list(c.input_ids), "rejected_ids": list(r.input_ids)}
+            for c, r in (encode_reward_pair(tokenizer, p, max_length=max_length) for p in pairs)]
+
+
+# recorded in the reward model's training.json: a model trained on rows encoded otherwise is retrained
+RM_ENCODING = "tiviz.tokenization.encode_reward_pair (RewardTrainer's conversational form)"
 
 
 def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) -> Path:
     """A reward model (the default model as `AutoModelForSequenceClassification`, num_labels=1) trained with
-    TRL's `RewardTrainer` and a LoRA adapter, merged and saved as safetensors in `out` (reused when present)."""
+    TRL's `RewardTrainer` and a LoRA adapter, merged and saved as safetensors in `out` (reused when present and trained on rows encoded as `RM_ENCODING`)."""
     if (out / "model.safetensors").is_file():
-        log.info("reusing the reward model %s", out)
-        return out
+        record = out / "training.json"
+        encoding = json.loads(record.read_text(encoding="utf-8")).get("encoding") if record.is_file() else None
+        if encoding == RM_ENCODING:
+            log.info("reusing the reward model %s", out)
+            return out
+        log.info("retraining the reward model %s: its rows were encoded as %r, not as the scorer reads them", out,
+                 encoding)
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -94,7 +103,7 @@ def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) ->
         tok.pad_token = tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    data = Dataset.from_list(reward_rows(load_pairs(pairs_file)[: args.rm_steps * 4]))
+    data = Dataset.from_list(reward_rows(load_pairs(pairs_file)[: args.rm_steps * 4], tok, 2 * args.max_length))
     cfg = RewardConfig(
         output_dir=str(out.with_name(out.name + ".trainer")), max_steps=args.rm_steps,
         per_device_train_batch_size=4, learning_rate=args.rm_lr, lr_scheduler_type="constant_with_warmup",
@@ -118,7 +127,7 @@ def train_reward_model(pairs_file: Path, out: Path, args: argparse.Namespace) ->
     merged.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({"steps": args.rm_steps, "lr": args.rm_lr, "lora_r": args.lora_r,
-                                                   "lora_layers": top,
+                                                   "lora_layers": top, "encoding": RM_ENCODING,
                                                    "train_file": str(pairs_file),
                                                    "seconds": round(time.perf_counter() - t0)}), encoding="utf-8")
     return out

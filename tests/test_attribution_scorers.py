@@ -13,7 +13,7 @@ from tiviz.attribution.gradient import embed
 from tiviz.errors import ConfigError, TableError
 from tiviz.scoring import make_scorer, score_pairs
 from tiviz.testing import tiny_model, tiny_reward_model
-from tiviz.tokenization import collate, encode_pair
+from tiviz.tokenization import collate, encode_pair, encode_reward_pair
 
 GRADIENT_METHODS = ["gradient", "grad_x_input", "integrated_gradients"]
 
@@ -55,7 +55,7 @@ def test_reward_model_target_value_is_its_own_score(tok, pairs):
     rm = tiny_reward_model(seed=0)
     df = attribute(rm, pairs[:2], ["gradient", "token_score"], tokenizer=tok, target="reward")
     for pair in pairs[:2]:
-        for side, seq in zip(("chosen", "rejected"), encode_pair(tok, pair, max_length=512), strict=True):
+        for side, seq in zip(("chosen", "rejected"), encode_reward_pair(tok, pair, max_length=512), strict=True):
             with torch.no_grad():
                 own = float(rm(input_ids=torch.tensor([seq.input_ids])).logits[0, 0])
             rows = df[(df["pair_id"] == pair.id) & (df["side"] == side)]

@@ -53,7 +53,7 @@ def test_score_pairs_matches_single_forwards(tok, pairs, kind):
     table = score_pairs(scorer, pairs, batch_size=4)
     assert list(table["pair_id"]) == [p.id for p in pairs]
     for p, (_, row) in zip(pairs, table.iterrows(), strict=True):
-        for side, seq in zip(("chosen", "rejected"), encode_pair(tok, p), strict=True):
+        for side, seq in zip(("chosen", "rejected"), scorer.encode_pair(p), strict=True):  # as the scorer reads it
             if kind == "likelihood":
                 want = single_forward_logp(scorer.model, seq)
             elif kind == "implicit_reward":
@@ -77,7 +77,7 @@ def test_batched_equals_unbatched(tok, pairs, kind):
 @pytest.mark.parametrize("kind", ["likelihood", "implicit_reward", "reward_model"])
 def test_token_scores_sum_to_the_score(tok, pairs, kind):
     scorer = scorers(tok)[kind]
-    seqs = [s for p in pairs for s in encode_pair(tok, p)]
+    seqs = [s for p in pairs for s in scorer.encode_pair(p)]
     batch = collate(seqs, 2)
     terms = scorer.token_scores(batch)  # (B, L)
     with torch.no_grad():

@@ -8,8 +8,9 @@ A scorer gives each (prompt, response) a scalar and each pair a margin, chosen m
   the sum of `beta * lr_t` over the response tokens (the per-token log-ratio of docs/METHOD.md §3). The reference
   is a separate model or the policy with its PEFT adapter disabled. Both models read the same input embeddings,
   so the score is differentiable through both;
-- `reward_model`: a sequence-classification model with one output, read at the last valid token, the prompt
-  rendered with the tokenizer's chat template and the response appended with EOS (`tiviz.tokenization.encode`).
+- `reward_model`: a sequence-classification model with one output, read at the last valid token, each pair
+  encoded exactly as TRL's `RewardTrainer` encodes it (`tiviz.tokenization.encode_reward`: the conversation
+  through the chat template, its end-of-turn included; without a template the text and EOS).
 
     scorer = load_scorer("runs/my-run")              # the run's final/ against its base model
     table = score_pairs(scorer, pairs)               # pair_id, chosen, rejected, margin
@@ -37,6 +38,7 @@ from tiviz.tokenization import (
     EncodedSequence,
     collate,
     encode_pair,
+    encode_reward_pair,
     length_batches,
     pad_token_id,
 )
@@ -81,6 +83,15 @@ class Scorer:
             ref = f"{self.model_id} (adapter disabled)" if self.adapter_reference else self.reference_id
         return {"kind": self.kind, "quantity": self.quantity(), "model_id": self.model_id,
                 "reference_id": ref, "beta": self.beta if self.kind == "implicit_reward" else None}
+
+    def encode_pair(self, pair: PreferencePair, *, max_length: int | None = None,
+                    truncation_mode: str = "keep_end") -> tuple[EncodedSequence, EncodedSequence]:
+        """Both sides of a pair tokenised as this scorer's model reads them: a reward model as TRL's
+        `RewardTrainer` trained it (`encode_reward_pair`), a causal LM as tiviz and TRL's DPO do (`encode_pair`)."""
+        if self.tokenizer is None:
+            raise ConfigError("tokenizer", None, "a tokenizer to encode text pairs (make_scorer(..., tokenizer=...))")
+        encode = encode_reward_pair if self.kind == "reward_model" else encode_pair
+        return encode(self.tokenizer, pair, max_length=max_length, truncation_mode=truncation_mode)
 
     @property
     def device(self) -> Any:
@@ -371,10 +382,7 @@ def _encoded(scorer: Scorer, pairs: Any, max_length: int | None) -> tuple[
         return [(p.chosen, p.rejected) for p in items], [str(p.pair_id) for p in items]
     if items is None or (items and not isinstance(items[0], PreferencePair)):
         items = load_pairs(pairs)
-    if scorer.tokenizer is None:
-        raise ConfigError("tokenizer", None, "a tokenizer to encode text pairs (make_scorer(..., tokenizer=...))")
-    return ([encode_pair(scorer.tokenizer, p, max_length=max_length) for p in items],
-            [p.id for p in items])
+    return [scorer.encode_pair(p, max_length=max_length) for p in items], [p.id for p in items]
 
 
 def margin_summary(margins: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float]:

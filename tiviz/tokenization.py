@@ -125,16 +125,22 @@ def contiguous_spans(offsets: list[tuple[int, int]], length: int, start: int = 0
     return spans
 
 
-def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool, what: str,
-              label: str) -> tuple[list[int], list[tuple[int, int]]]:
-    if not text:
-        return [], []
+def _check_encodable(text: str, what: str, label: str) -> None:
+    """Raise `DataError` naming the field when `text` holds a lone surrogate (the Rust tokenizer rejects these
+    with a TypeError that names nothing)."""
     bad = _SURROGATE.search(text)
-    if bad:  # the Rust tokenizer rejects these with a TypeError that names nothing
+    if bad:
         raise DataError(
             f"has a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}", source=label or None,
             field=what, fix="repair the text's encoding; a lone surrogate is not valid Unicode",
         )
+
+
+def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool, what: str,
+              label: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if not text:
+        return [], []
+    _check_encodable(text, what, label)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
@@ -178,10 +184,7 @@ def encode(
         add_eos: append the EOS token to the response (as TRL does), default True.
         label: how to name the sequence in the truncation warning.
     """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError("tokenizer", type(tokenizer).__name__, "a fast tokenizer (character offsets needed)")
-    if truncation_mode not in ("keep_end", "keep_start"):
-        raise ConfigError("truncation_mode", truncation_mode, "'keep_end', 'keep_start'")
+    _check_options(tokenizer, truncation_mode)
     prompt_text, templated = render_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
     response_text = message_text(response)
     keep_end = truncation_mode == "keep_end"
@@ -192,9 +195,15 @@ def encode(
     if add_eos and tokenizer.eos_token_id is not None:
         r_ids.append(tokenizer.eos_token_id)
         r_spans.append((len(response_text), len(response_text)))
-    ids = p_ids + r_ids
-    spans = p_spans + r_spans
-    start = len(p_ids)
+    return _fitted(tokenizer, p_ids + r_ids, p_spans + r_spans, len(p_ids), prompt_text, response_text,
+                   max_length=max_length, truncation_mode=truncation_mode, label=label, chars_cut=p_cut + r_cut)
+
+
+def _fitted(tokenizer: Any, ids: list[int], spans: list[tuple[int, int]], start: int, prompt_text: str,
+            response_text: str, *, max_length: int | None, truncation_mode: TruncationMode, label: str,
+            chars_cut: int) -> EncodedSequence:
+    """The sequence cut to `max_length` tokens (from the start for keep_end, else the end) with a warning that
+    says how much went; `start` is the response's first token."""
     cut = 0
     if max_length is not None and len(ids) > max_length:
         cut = len(ids) - max_length
@@ -205,18 +214,18 @@ def encode(
             ids, spans = ids[:max_length], spans[:max_length]
             start = min(start, max_length)
         where = "start" if truncation_mode == "keep_end" else "end"
-        if p_cut or r_cut:  # only the kept end of a long text was tokenised: its full token count is unknown
+        if chars_cut:  # only the kept end of a long text was tokenised: its full token count is unknown
             log.warning(
                 "%s: sequence of more than %d tokens truncated to max_length=%d (%d characters cut from the %s "
                 "before tokenising, then %d tokens)", label or "sequence", len(ids) + cut, max_length,
-                p_cut + r_cut, where, cut)
+                chars_cut, where, cut)
         else:
             log.warning("%s: sequence of %d tokens truncated to max_length=%d (%d tokens cut from the %s)",
                         label or "sequence", len(ids) + cut, max_length, cut, where)
     return EncodedSequence(
         input_ids=ids, response_start=start, prompt_text=prompt_text, response_text=response_text,
         tokens=tokenizer.convert_ids_to_tokens(ids), char_spans=spans, truncated=cut,
-        chars_untokenised=p_cut + r_cut,
+        chars_untokenised=chars_cut,
     )
 
 
@@ -228,6 +237,128 @@ def encode_pair(
         encode(tokenizer, pair.prompt, pair.response(side), label=f"pair {pair.id!r} ({side})", **kwargs)
         for side in SIDES
     )
+
+
+def encode_reward(
+    tokenizer: Any,
+    prompt: Text,
+    response: Text,
+    *,
+    max_length: int | None = None,
+    truncation_mode: TruncationMode = "keep_end",
+    label: str = "",
+) -> EncodedSequence:
+    """Tokenise a (prompt, response) for a reward model exactly as TRL's `RewardTrainer` tokenises a pair's side
+    (docs/METHOD.md §9), so a reward model trained by TRL is read on the tokens it was trained on.
+
+    With a chat template: the conversation (a text prompt as one user turn, the response as the assistant turn)
+    rendered whole with no generation prompt, the template's end-of-turn closing the response, and tokenised
+    without special tokens (TRL's `apply_chat_template(prompt + chosen, tokenize=True)`). Without one: the text
+    `prompt + response + EOS` (EOS not added twice) tokenised as one string with the tokenizer's special tokens
+    (TRL's standard form). Both are tokenised whole, so a token may straddle the prompt's end: it belongs to the
+    response. The tokens after the response's text (end-of-turn, EOS) belong to the response, with empty
+    character spans at its end; spans are contiguous as in `encode`. TRL drops a pair longer than its
+    `max_length`; here it is cut as `encode` cuts (`truncation_mode`), so the ids equal TRL's for every pair TRL
+    keeps.
+    """
+    _check_options(tokenizer, truncation_mode)
+    for what, value in (("prompt", prompt), ("response", response)):
+        for text in [value] if isinstance(value, str) else [str(m.get("content", "")) for m in value]:
+            _check_encodable(text, what, label)
+    response_text = message_text(response)
+    if getattr(tokenizer, "chat_template", None) is not None:
+        full, segments = _render_conversation(tokenizer, prompt, response, label)
+        special = False
+    else:
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise DataError("conversational pairs need a tokenizer with a chat template", source=label or None,
+                            field="prompt" if not isinstance(prompt, str) else "response",
+                            fix="use a reward model whose tokenizer has a chat template, or give plain text")
+        eos = tokenizer.eos_token
+        full = prompt + response + (eos if eos and not response.endswith(eos) else "")
+        segments = [(len(prompt), 0, len(response))]
+        special = True
+    ids, spans, chars_cut = _tokenize_within(tokenizer, full, special, "prompt + response", label, max_length,
+                                             truncation_mode == "keep_end")
+    begins = segments[0][0]  # where the response's text starts in `full`
+    n_prompt = next((i for i, (_, end) in enumerate(spans) if end > begins), len(ids))
+    prompt_spans = contiguous_spans([(a, min(b, begins)) for a, b in spans[:n_prompt]], begins,
+                                    start=spans[0][0] if spans else 0)
+    response_spans = contiguous_spans([(0, _response_position(b, segments)) for _, b in spans[n_prompt:]],
+                                      len(response_text))
+    return _fitted(tokenizer, ids, prompt_spans + response_spans, n_prompt, full[:begins], response_text,
+                   max_length=max_length, truncation_mode=truncation_mode, label=label, chars_cut=chars_cut)
+
+
+def encode_reward_pair(
+    tokenizer: Any, pair: PreferencePair, **kwargs: Any
+) -> tuple[EncodedSequence, EncodedSequence]:
+    """Encode both sides of a pair for a reward model, as TRL's `RewardTrainer` does; kwargs as in
+    `encode_reward`."""
+    return tuple(  # type: ignore[return-value]
+        encode_reward(tokenizer, pair.prompt, pair.response(side), label=f"pair {pair.id!r} ({side})", **kwargs)
+        for side in SIDES
+    )
+
+
+# Stands for a response message's content while the chat template renders around it (private-use characters, so
+# no template or text holds it).
+_MARK = "\ue000tiviz-response-{}\ue001"
+
+
+def _render_conversation(tokenizer: Any, prompt: Text, response: Text,
+                         label: str) -> tuple[str, list[tuple[int, int, int]]]:
+    """The conversation prompt + response rendered by the chat template, and where the text of each response
+    message `message_text` joins lies in it: (position in the rendering, position in the response's text,
+    length). The template's own text around the contents is found by rendering it with a mark for each content."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    answer = [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
+    shown = [j for j, m in enumerate(answer) if m.get("role") == "assistant"] or list(range(len(answer)))
+    marks = {j: _MARK.format(k) for k, j in enumerate(shown)}
+    full = tokenizer.apply_chat_template(messages + answer, tokenize=False)
+    skeleton = tokenizer.apply_chat_template(
+        messages + [{**m, "content": marks[j]} if j in marks else m for j, m in enumerate(answer)], tokenize=False)
+    parts: list[str] = []
+    rest = skeleton
+    for j in shown:
+        before, sep, rest = rest.partition(marks[j])
+        if not sep or marks[j] in rest:
+            parts = []
+            break
+        parts.append(before)
+    contents = [str(answer[j]["content"]) for j in shown]
+    for strip in (False, True):  # some templates trim a message's content
+        texts = [c.strip() if strip else c for c in contents]
+        if parts and "".join(a + b for a, b in zip(parts, texts, strict=True)) + rest == full:
+            segments, at, where = [], 0, 0
+            for part, text, content in zip(parts, texts, contents, strict=True):
+                at += len(part)
+                lead = len(content) - len(content.lstrip()) if strip else 0
+                segments.append((at, where + lead, len(text)))
+                at += len(text)
+                where += len(content) + 1  # message_text joins the contents with newlines
+            return full, segments
+    raise DataError("the chat template rewrites the response's text, so its tokens cannot be mapped back onto it",
+                    source=label or None, field="response",
+                    fix="use a reward model whose chat template renders an assistant message's content as it is")
+
+
+def _response_position(pos: int, segments: list[tuple[int, int, int]]) -> int:
+    """A position in the rendered text as a position in the response's text: inside a message's content its own
+    place, between or after the contents the end of the content before it, before the first one 0."""
+    out = 0
+    for at, where, n in segments:
+        if pos < at:
+            break
+        out = where + min(pos - at, n)
+    return out
+
+
+def _check_options(tokenizer: Any, truncation_mode: str) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("tokenizer", type(tokenizer).__name__, "a fast tokenizer (character offsets needed)")
+    if truncation_mode not in ("keep_end", "keep_start"):
+        raise ConfigError("truncation_mode", truncation_mode, "'keep_end', 'keep_start'")
 
 
 def collate(seqs: list[EncodedSequence], pad_token_id: int, padding_side: PaddingSide = "right") -> Batch:

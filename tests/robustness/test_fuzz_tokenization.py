@@ -125,6 +125,34 @@ def test_smollm2_offsets_rebuild_generated_text(smol_tokenizer, prompt, response
         check_spans(seq)
 
 
+@fuzz(120)
+@given(prompt=any_text, response=any_text, template=st.booleans())
+def test_reward_encoding_equals_trls_for_any_text(tok, prompt, response, template, fuzz_counter):
+    """A reward model's encoding is TRL RewardTrainer's for any text (its own `_tokenize`, and EOS added as its
+    `add_eos` adds it), with spans that rebuild prompt and response; a lone surrogate is a DataError."""
+    from trl.data_utils import _tokenize
+
+    from tiviz.testing import tiny_tokenizer
+    from tiviz.tokenization import encode_reward
+
+    fuzz_counter["tokenization: reward-model encoding"] += 1
+    tokenizer = tok if template else tiny_tokenizer(chat_template=False)
+    try:
+        seq = encode_reward(tokenizer, prompt, response, label="pair 'fuzz' (chosen)")
+    except DataError as err:
+        assert SURROGATE.search({"prompt": prompt, "response": response}[err.field]), err
+        return
+    if template:
+        want = _tokenize(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+    else:
+        eos = tokenizer.eos_token
+        want = _tokenize(tokenizer, prompt + (response if response.endswith(eos) else response + eos))
+    assert seq.input_ids == list(want["input_ids"])
+    assert response_of(seq) == response
+    assert "".join(seq.token_text(i) for i in range(seq.response_start)) == seq.prompt_text
+    check_spans(seq)
+
+
 def test_lone_surrogate_is_a_data_error_not_a_type_error(tok):
     with pytest.raises(DataError) as info:
         encode(tok, "Q?", "broken \ud83d emoji", label="pair 'x' (rejected)")

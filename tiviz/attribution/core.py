@@ -34,7 +34,7 @@ from tiviz.attribution.gradient import (
 )
 from tiviz.attribution.hybrid import hybrid_weights
 from tiviz.attribution.integrated import integrated_gradients
-from tiviz.attribution.methods import METHODS, resolve_methods
+from tiviz.attribution.methods import METHODS, READS_LM_LOGITS, resolve_methods, scorer_methods
 from tiviz.attribution.occlusion import occlusion_for_target, scorer_occlusion
 from tiviz.attribution.targets import check_scorer_target, target_positions, target_value_at, through_scorer
 from tiviz.config import AttributionConfig
@@ -49,7 +49,6 @@ from tiviz.tokenization import (
     Batch,
     EncodedSequence,
     collate,
-    encode_pair,
     length_batches,
     pad_token_id,
 )
@@ -118,7 +117,7 @@ def attribute(
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     total = len(pairs)
-    encoded = [encode_pair(tokenizer, p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)
+    encoded = [scorer.encode_pair(p, max_length=cfg.max_length, truncation_mode=cfg.truncation_mode)
                for p in pairs]
     store = None
     if cache:
@@ -171,9 +170,10 @@ def check_methods(scorer: Scorer, names: Sequence[str], cfg: AttributionConfig) 
         raise ConfigError("ref_model", None, f"a reference model: {what} compares the policy with pi_ref")
     if any(METHODS[m].uses_target for m in names):
         check_scorer_target(scorer.kind, cfg.target)
-    if scorer.kind == "reward_model" and "tidpo" in names:
-        raise ConfigError("methods", "tidpo", "methods other than tidpo with a reward model (TI-DPO's weights "
-                          "read a causal LM's final logits)")
+    logits = [m for m in names if m in READS_LM_LOGITS]
+    if scorer.kind == "reward_model" and logits:
+        raise ConfigError("methods", logits[0], f"{', '.join(scorer_methods('reward_model'))} with a reward model "
+                          "(TI-DPO's weights read a causal LM's final logits)")
 
 
 MethodScores = dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]

@@ -44,6 +44,15 @@ METHODS: dict[str, MethodInfo] = {
     )
 }
 DEFAULT_METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "attention", "tidpo")
+READS_LM_LOGITS: tuple[str, ...] = ("tidpo",)  # TI-DPO's weights: the gradient of a causal LM's max final logit
+
+
+def scorer_methods(kind: str) -> list[str]:
+    """The method ids a scorer of `kind` (`tiviz.scoring.KINDS`) can give: those needing a reference only with
+    one (`implicit_reward`), and none reading LM logits on a reward model (docs/METHOD.md §9)."""
+    return [m for m, info in METHODS.items()
+            if (kind == "implicit_reward" or not info.needs_reference)
+            and not (kind == "reward_model" and m in READS_LM_LOGITS)]
 
 
 def list_methods() -> list[str]:

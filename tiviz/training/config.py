@@ -81,8 +81,9 @@ class TIDPOConfig:
     )
     weighting_target: WeightingTarget = field(
         default="max_logit",
-        metadata={"help": "what gradient / grad_x_input / integrated_gradients weights explain: max_logit (the "
-                  "paper's target), logprob, margin or reward (tidpo always uses max_logit)"},
+        metadata={"help": "what gradient / grad_x_input / integrated_gradients / occlusion weights explain: "
+                  "max_logit (the paper's target), logprob, margin or reward (tidpo always uses max_logit; a "
+                  "reward model as --weights-from: reward, its score, or margin)"},
     )
     weighting_sign: WeightingSign = field(
         default="abs",
@@ -91,8 +92,10 @@ class TIDPOConfig:
     weights_from: str | None = field(
         default=None,
         metadata={"help": "compute the weights once, before training, with the weighting method on this scorer "
-                  "(a finished tiviz run folder, a causal LM or a reward-model folder) instead of the policy at "
-                  "every step"},
+                  "instead of the policy at every step: a finished tiviz run folder (its final model against its "
+                  "base), a causal LM, or a reward-model folder (the method explains its score, with "
+                  "--weighting-target reward or margin where the method has a target; tidpo and implicit_reward "
+                  "cannot run on it)"},
     )
     lam: float = field(
         default=0.7,
