@@ -193,6 +193,8 @@ def main() -> None:
                 for src in sources:
                     r = run_one(src, seed, train, test_encoded, ref_test, args)
                     results.append(r)
+                    if args.json:  # every finished run, so a stopped study keeps what it measured
+                        Path(args.json).write_text(json.dumps({"partial": {**everything, name: results}}, indent=1))
                     final = np.asarray(r["curve"][max(r["curve"])])
                     print(f"# {name} {src} seed={seed}: acc {(final > 0).mean():.3f} margin {final.mean():+.4f} "
                           f"({r['train_s']:.0f} s)", file=sys.stderr, flush=True)

@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="methods to score (missing ones are skipped)")
     ap.add_argument("--faith-pairs", type=int, default=12,
                     help="pairs (of the attributed ones) on which pair-level deletion AOPC is measured (0: none)")
+    ap.add_argument("--sample-faith-pairs", type=int, default=None,
+                    help="the same on sample_data/test.jsonl (default: --faith-pairs)")
     ap.add_argument("--n-random", type=int, default=3, help="random rankings per sequence for the AOPC baseline")
     ap.add_argument("--confident", type=float, default=0.95,
                     help="a template counts as learnt by a scorer when its test accuracy reaches this")
@@ -193,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="write the per-scorer method ranking the app opens on (tiviz/evaluation/quality_ranking.json)")
     ap.add_argument("--scorers", default="base,dpo,rm",
                     help="scorers to score now; results of the others are kept from OUT/quality.json")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no model: the report from what OUT/tables holds (every table, accuracy and faithfulness "
+                         "file earlier runs cached)")
     ap.add_argument("--train-only", action="store_true", help="stop after training the scorers")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -208,6 +213,17 @@ def main(argv: list[str] | None = None) -> None:
         lo, hi = (int(x) for x in args.train_fillers.split(","))
         save_pairs(split_pairs(planted_pairs(args.n, args.seed, fillers=(lo, hi)))[0], data / "train.jsonl")
         save_pairs(split_pairs(planted_pairs(args.n, args.seed))[1], data / "test.jsonl")
+    if args.report_only:
+        results = report_from_cache(args, {"planted": load_pairs(data / "test.jsonl"),
+                                           "sample": load_pairs(ROOT / "sample_data" / "test.jsonl")})
+        (out / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        if args.write_ranking:
+            from tiviz.evaluation.method_ranking import write_ranking
+
+            write_ranking(results["rows"], source="benchmarks/preference_quality.py (docs/EVALUATION.md gives "
+                          "the runs; this file: --report-only --write-ranking)")
+        sys.stdout.write(format_results(results) + "\n")
+        return
     t0 = time.perf_counter()
     dpo = train_dpo(data / "train.jsonl", out / "dpo", args) if args.dpo_steps else None
     rm = train_reward_model(data / "train.jsonl", out / "rm", args)
@@ -227,6 +243,31 @@ def main(argv: list[str] | None = None) -> None:
 
         write_ranking(results["rows"], source="benchmarks/preference_quality.py " + " ".join(argv or sys.argv[1:]))
     sys.stdout.write(format_results(results) + "\n")
+
+
+def report_from_cache(args: argparse.Namespace, data: dict[str, list[Any]]) -> dict[str, Any]:
+    """The results of every (dataset, scorer) whose attribution table OUT/tables holds, with their cached accuracy
+    and faithfulness (no model is loaded: plausibility reads the tables)."""
+    from tiviz.table import read_table
+
+    tables = Path(args.out) / "tables"
+    results: dict[str, Any] = {"settings": {"report_only": True}, "rows": [], "accuracy": {}, "faithfulness": []}
+    for acc_path in sorted(tables.glob("accuracy_*.json")):
+        _, data_name, sname, _n = acc_path.stem.split("_")
+        results["accuracy"][f"{data_name}/{sname}"] = json.loads(acc_path.read_text(encoding="utf-8"))
+    for path in sorted(tables.glob("*.parquet")):
+        data_name, sname, n_pairs = path.stem.split("_")[:3]
+        pairs = data[data_name][: int(n_pairs)]
+        table = with_pair_view(read_table(path))
+        acc = results["accuracy"].get(f"{data_name}/{sname}", {})
+        learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
+        skipped = json.loads(path.with_suffix(".skipped.json").read_text(encoding="utf-8"))
+        results["rows"] += [{"data": data_name, "scorer": sname, "method": m, "skipped": why}
+                            for m, why in skipped.items()]
+        results["rows"] += quality_rows(None, table, pairs, data_name, sname, learnt, math.nan)
+        for f_path in sorted(tables.glob(path.stem + "_faith*.json")):
+            results["faithfulness"] += json.loads(f_path.read_text(encoding="utf-8"))
+    return results
 
 
 def keep_other_scorers(results: dict[str, Any], path: Path, scored: list[str]) -> dict[str, Any]:
@@ -355,10 +396,12 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
                 results["rows"].append({"data": data_name, "scorer": sname, "method": method, "skipped": why})
             learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
             results["rows"] += quality_rows(scorer.model, table, pairs, data_name, sname, learnt, seconds)
-            if args.faith_pairs and scorer.kind != "reward_model":
-                f_path = path.with_name(path.stem + f"_faith{args.faith_pairs}_{args.n_random}.json")
+            n_faith = (args.faith_pairs if data_name == "planted" or args.sample_faith_pairs is None
+                       else args.sample_faith_pairs)
+            if n_faith and scorer.kind != "reward_model":
+                f_path = path.with_name(path.stem + f"_faith{n_faith}_{args.n_random}.json")
                 if not f_path.is_file():
-                    f_path.write_text(json.dumps(faithfulness_rows(scorer, table, pairs[: args.faith_pairs],
+                    f_path.write_text(json.dumps(faithfulness_rows(scorer, table, pairs[:n_faith],
                                                                    data_name, sname, args)), encoding="utf-8")
                 results["faithfulness"] += json.loads(f_path.read_text(encoding="utf-8"))
         del scorers
