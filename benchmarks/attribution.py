@@ -27,7 +27,7 @@ on 8 tokens, then resets the kernel's peak-RSS counter (`echo 5 > /proc/self/cle
     .venv/bin/python benchmarks/attribution.py                    # full version, writes docs/BENCHMARKS.md
     .venv/bin/python benchmarks/attribution.py --parts table,ig   # some parts only
     .venv/bin/python benchmarks/attribution.py --parts occlusion  # the occlusion comparison alone (minutes)
-    .venv/bin/python benchmarks/attribution.py --parts occlusion --occlusion-data planted --occlusion-pairs 1
+    .venv/bin/python benchmarks/attribution.py --parts occlusion --occlusion-data planted  # long responses
 
 inseq runs from a separate interpreter (`--inseq-python`, default /tmp/inseqenv/bin/python when present), see
 benchmarks/README.md; without it the inseq rows are skipped.
@@ -774,8 +774,11 @@ def occlusion_pairs(tokenizer: Any, data: str, n_pairs: int, response_tokens: in
                 f"the first {n_pairs} pairs of sample_data/train.jsonl, responses cut to their first "
                 f"{response_tokens} tokens (+ EOS)")
     if data == "planted":
-        test = split_pairs(planted_pairs(4 * n_pairs, 0))[1][:n_pairs]  # every 4th pair is a test pair
-        desc = (f"the first {n_pairs} planted-cue test pairs (`split_pairs(planted_pairs({4 * n_pairs}, 0))[1]`, "
+        total = 4 * n_pairs  # every 4th pair of a template is a test pair: grow until there are enough
+        while len(test := split_pairs(planted_pairs(total, 0))[1]) < n_pairs:
+            total *= 2
+        test = test[:n_pairs]
+        desc = (f"the first {n_pairs} planted-cue test pair(s) (`split_pairs(planted_pairs({total}, 0))[1]`, "
                 "whole responses)")
     elif data == "test":
         test = load_pairs(ROOT / "sample_data" / "test.jsonl")[:n_pairs]
