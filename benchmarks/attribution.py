@@ -906,7 +906,10 @@ def occlusion_heading(data: str) -> str:
 def occlusion_report(args: argparse.Namespace, rows: list[dict[str, Any]], precision: dict[str, Any] | None,
                      loads: list[float], wall: float, pairs_desc: str, batches: list[Any]) -> str:
     """An occlusion section of docs/BENCHMARKS.md: one fast and one naive row per scorer, then the noise floor."""
-    cmd = " ".join(args.argv)
+    argv = list(args.argv)
+    if "--json" in argv:  # where the raw results went is no part of the command a reader reruns
+        del argv[argv.index("--json"):argv.index("--json") + 2]
+    cmd = " ".join(argv)
     n_pairs = len(batches)
     n_resp = sum(int(b.response_mask.sum()) for b in batches)
     n_tok = sum(int(b.attention_mask.sum()) for b in batches)
