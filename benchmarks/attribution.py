@@ -11,8 +11,11 @@ One run, on the offline default model (SmolLM2-135M-Instruct, float32, CPU) and 
   `LLMGradientAttribution` (LayerIntegratedGradients on the embedding layer) needs for the same completeness,
   with Captum's default baseline (token 0) and with tiviz's (the pad token).
 - occlusion: tiviz's occlusion with its prefix key/value cache against the naive one full forward per occluded
-  token, on the same pairs in the same process (interleaved rounds): time ratio, tokens forwarded, and the largest
-  difference between the two (its own section of docs/BENCHMARKS.md; `--parts occlusion` runs only this).
+  token, on the same pairs in the same process (interleaved rounds), per scorer (`--occlusion-scorers
+  likelihood,implicit_reward`): time ratio, tokens forwarded, and the largest difference between the two; on
+  `--occlusion-data train` (responses cut), `planted` (planted-cue test pairs, 65-140-token responses) or `test`
+  (sample_data/test.jsonl), each its own section of docs/BENCHMARKS.md; on the train data also the noise floor
+  (float64, another batch shape, eager attention). `--parts occlusion` runs only this.
 - scaling: time and memory per pair against sequence length (synthetic pairs of 64..512 tokens a side) and
   against dataset size, fitted slopes, and an HTML plot (docs/benchmarks/attribution_scaling.html).
 
@@ -24,6 +27,7 @@ on 8 tokens, then resets the kernel's peak-RSS counter (`echo 5 > /proc/self/cle
     .venv/bin/python benchmarks/attribution.py                    # full version, writes docs/BENCHMARKS.md
     .venv/bin/python benchmarks/attribution.py --parts table,ig   # some parts only
     .venv/bin/python benchmarks/attribution.py --parts occlusion  # the occlusion comparison alone (minutes)
+    .venv/bin/python benchmarks/attribution.py --parts occlusion --occlusion-data planted  # long responses
 
 inseq runs from a separate interpreter (`--inseq-python`, default /tmp/inseqenv/bin/python when present), see
 benchmarks/README.md; without it the inseq rows are skipped.
@@ -754,25 +758,65 @@ def write_plot(scaling: dict[str, Any], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ occlusion
 
+OCCLUSION_DATA = ("train", "planted", "test")
 
-def run_occlusion(lm: Any, pairs: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
-    """Occlusion of the log-likelihood with the prefix cache ("fast") and with one full forward per occluded
+
+def occlusion_pairs(tokenizer: Any, data: str, n_pairs: int, response_tokens: int) -> tuple[list[dict[str, Any]],
+                                                                                               str]:
+    """The pairs of an occlusion setting and their description: "train" the first pairs of train.jsonl cut to
+    `response_tokens` response tokens; "planted" the planted-cue test pairs (`tiviz.planted`, seed 0, responses of
+    about 65-140 tokens); "test" the first pairs of sample_data/test.jsonl, uncut."""
+    from tiviz.data import load_pairs
+    from tiviz.planted import planted_pairs, split_pairs
+
+    if data == "train":
+        return (comparison_pairs(tokenizer, n_pairs, response_tokens),
+                f"the first {n_pairs} pairs of sample_data/train.jsonl, responses cut to their first "
+                f"{response_tokens} tokens (+ EOS)")
+    if data == "planted":
+        total = 4 * n_pairs  # every 4th pair of a template is a test pair: grow until there are enough
+        while len(test := split_pairs(planted_pairs(total, 0))[1]) < n_pairs:
+            total *= 2
+        test = test[:n_pairs]
+        desc = (f"the first {n_pairs} planted-cue test pair(s) (`split_pairs(planted_pairs({total}, 0))[1]`, "
+                "whole responses)")
+    elif data == "test":
+        test = load_pairs(ROOT / "sample_data" / "test.jsonl")[:n_pairs]
+        desc = f"the first {n_pairs} pairs of sample_data/test.jsonl, whole responses"
+    else:
+        raise SystemExit(f"--occlusion-data {data!r}: one of {', '.join(OCCLUSION_DATA)}")
+    return [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in test], desc
+
+
+def occlusion_scorer(lm: Any, kind: str) -> Any:
+    """The scorer an occlusion row explains: "likelihood" (the model alone) or "implicit_reward" (beta 0.1, the
+    reference the default model loaded a second time, so the cost of two models' forwards is real but every score
+    is 0)."""
+    from tiviz.models import load_model
+    from tiviz.scoring import make_scorer
+
+    if kind == "likelihood":
+        return make_scorer(lm)
+    if kind == "implicit_reward":
+        return make_scorer(lm, reference=load_model(device="cpu"), beta=0.1)
+    raise SystemExit(f"--occlusion-scorers: {kind!r} is not one of likelihood, implicit_reward")
+
+
+def run_occlusion(scorer: Any, batches: list[Any], rounds: int) -> dict[str, Any]:
+    """Occlusion of the scorer's score with the prefix cache ("fast") and with one full forward per occluded
     token ("naive"), pair by pair, the two interleaved (their order alternating by round); wall and process CPU
-    seconds, tokens forwarded (rows x length over every forward), and the largest |fast - naive|."""
+    seconds, tokens forwarded (rows x length over every forward of every model), and the largest |fast - naive|."""
     import torch
 
-    from tiviz.attribution.occlusion import scorer_occlusion
-    from tiviz.scoring import make_scorer
-    from tiviz.tokenization import collate, encode_pair, pad_token_id
+    from tiviz.attribution.occlusion import scorer_occlusion, scorer_terms
 
-    scorer = make_scorer(lm)
-    pad = pad_token_id(lm.tokenizer)
-    batches = [collate(list(encode_pair(lm.tokenizer, _as_pair(p))), pad) for p in pairs]
     forwarded = [0]
-    backbone = getattr(lm.model, lm.model.base_model_prefix)
-    hook = backbone.register_forward_hook(
-        lambda mod, args, kw, out: forwarded.__setitem__(0, forwarded[0] + int(kw["inputs_embeds"].shape[:2].numel())),
-        with_kwargs=True)
+
+    def count(mod: Any, args: Any, kw: dict[str, Any], out: Any) -> None:
+        forwarded[0] += int(kw["inputs_embeds"].shape[:2].numel())
+
+    models = list({id(t.model): t.model for t in scorer_terms(scorer)}.values())
+    hooks = [getattr(m, m.base_model_prefix).register_forward_hook(count, with_kwargs=True) for m in models]
     scorer_occlusion(scorer, batches[0])  # warm-up
     runs: list[dict[str, Any]] = []
     scores: dict[str, list[Any]] = {"fast": [], "naive": []}
@@ -791,56 +835,158 @@ def run_occlusion(lm: Any, pairs: list[dict[str, Any]], rounds: int) -> dict[str
                 row[variant] = {"wall": wall, "cpu": cpu, "tokens": forwarded[0]}
                 scores[variant] = out
             runs.append(row)
-            print(f"occlusion round {r + 1}: {row}", flush=True)
+            print(f"occlusion {scorer.kind} round {r + 1}: {row}", flush=True)
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
     diff = max(float((f - n).abs().max()) for f, n in zip(scores["fast"], scores["naive"], strict=True))
     biggest = max(float(n.abs().max()) for n in scores["naive"])
-    n_resp = [int(b.response_mask.sum()) for b in batches]
-    n_tok = [int(b.attention_mask.sum()) for b in batches]
-    return {"runs": runs, "max_abs_diff": diff, "max_abs_score": biggest, "n_pairs": len(pairs),
-            "response_tokens": sum(n_resp), "tokens": sum(n_tok), "threads": torch.get_num_threads(),
+    return {"kind": scorer.kind, "runs": runs, "max_abs_diff": diff, "max_abs_score": biggest,
+            "threads": torch.get_num_threads(),
             "wall_ratio": _median([x["fast"]["wall"] / x["naive"]["wall"] for x in runs]),
             "cpu_ratio": _median([x["fast"]["cpu"] / x["naive"]["cpu"] for x in runs]),
             "token_ratio": runs[0]["fast"]["tokens"] / runs[0]["naive"]["tokens"]}
 
 
-def occlusion_report(args: argparse.Namespace, o: dict[str, Any], loads: list[float], wall: float,
-                     response_tokens: int) -> str:
-    """The occlusion section of docs/BENCHMARKS.md."""
-    fast = _median([x["fast"]["wall"] for x in o["runs"]]) / o["n_pairs"]
-    naive = _median([x["naive"]["wall"] for x in o["runs"]]) / o["n_pairs"]
-    cmd = " ".join(args.argv)
-    return "\n".join([
-        OCCLUSION_SECTION, "",
-        "**What.** `occlusion` (leave-one-out of the log-likelihood, pad-embedding removal) as tiviz computes it "
+def run_precision(lm: Any, batches: list[Any]) -> dict[str, Any]:
+    """The noise floor of occlusion of the log-likelihood: the naive path against itself in another batch shape
+    (one row per forward) and another float32 implementation of the same forward (eager attention), and both paths
+    against a float64 run (`tiviz.testing.float64_copy`: RMSNorm in float64 too). Returns each comparison's
+    largest |difference| and the float64 scores' largest |score| and |f(x)|."""
+    from tiviz.attribution.occlusion import occlusion, target_terms
+    from tiviz.evaluation.faithfulness import reference_embedding
+    from tiviz.models import load_model
+    from tiviz.testing import float64_copy
+
+    def scores(model: Any, **kw: Any) -> tuple[Any, Any]:
+        t0 = time.perf_counter()
+        ref = reference_embedding(model, lm.tokenizer, "pad")
+        out = [occlusion(target_terms(model, None, "logprob", 0.1), b, ref, **kw) for b in batches]
+        print(f"occlusion precision {kw} {time.perf_counter() - t0:.0f} s", flush=True)
+        return [o[0] for o in out], [o[1] for o in out]
+
+    eager = load_model(device="cpu", attn_implementation="eager").model
+    f64 = float64_copy(lm.model)
+    runs = {"fast": scores(lm.model), "naive": scores(lm.model, naive=True),
+            "naive_rows1": scores(lm.model, naive=True, tokens_per_forward=1),
+            "naive_eager": scores(eager, naive=True),
+            "fast64": scores(f64), "naive64": scores(f64, naive=True)}
+    del eager, f64
+
+    def gap(a: str, b: str) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(runs[a][0], runs[b][0], strict=True))
+
+    pairs = [("fast", "naive"), ("naive", "naive_rows1"), ("naive", "naive_eager"), ("fast", "naive64"),
+             ("naive", "naive64"), ("naive_eager", "naive64"), ("fast64", "naive64")]
+    return {"gaps": {f"{a}|{b}": gap(a, b) for a, b in pairs},
+            "scale": max(float(s.abs().max()) for s in runs["naive64"][0]),
+            "value_scale": max(float(v.abs().max()) for v in runs["naive64"][1]),
+            "value_gap": max(float((x - y).abs().max()) for x, y in zip(runs["fast"][1], runs["naive64"][1],
+                                                                         strict=True))}
+
+
+PRECISION_ROWS = {
+    "fast|naive": "fast (prefix cache) vs naive, float32: the benchmark's difference",
+    "naive|naive_rows1": "naive vs naive in another batch shape (one row per forward), float32",
+    "naive|naive_eager": "naive vs naive with eager attention (another float32 implementation)",
+    "fast|naive64": "fast, float32 vs naive, float64",
+    "naive|naive64": "naive, float32 vs naive, float64",
+    "naive_eager|naive64": "naive with eager attention, float32 vs naive, float64",
+    "fast64|naive64": "fast vs naive, both float64",
+}
+
+
+def occlusion_heading(data: str) -> str:
+    """The section of docs/BENCHMARKS.md an occlusion setting writes (one per `--occlusion-data`)."""
+    return OCCLUSION_SECTION if data == "train" else {
+        "planted": f"{OCCLUSION_SECTION} (long responses: planted-cue test pairs)",
+        "test": f"{OCCLUSION_SECTION} (sample_data/test.jsonl)"}[data]
+
+
+def occlusion_report(args: argparse.Namespace, rows: list[dict[str, Any]], precision: dict[str, Any] | None,
+                     loads: list[float], wall: float, pairs_desc: str, batches: list[Any]) -> str:
+    """An occlusion section of docs/BENCHMARKS.md: one fast and one naive row per scorer, then the noise floor."""
+    argv = list(args.argv)
+    if "--json" in argv:  # where the raw results went is no part of the command a reader reruns
+        del argv[argv.index("--json"):argv.index("--json") + 2]
+    cmd = " ".join(argv)
+    n_pairs = len(batches)
+    n_resp = sum(int(b.response_mask.sum()) for b in batches)
+    n_tok = sum(int(b.attention_mask.sum()) for b in batches)
+    quantity = {"likelihood": "log-likelihood log pi(y|x)",
+                "implicit_reward": "implicit reward beta (log pi - log pi_ref), beta 0.1"}
+    lines = [
+        occlusion_heading(args.occlusion_data), "",
+        "**What.** `occlusion` (leave-one-out of the scorer's score, pad-embedding removal) as tiviz computes it "
         "(the intact sequence once with its key/value cache, then only the suffix after each occluded token, in "
         "chunks of consecutive tokens that share one cached prefix) against the naive reference (one full forward "
         "per occluded token, batched to the same token budget), on the same pairs, in one process, interleaved "
-        "rounds (order alternating); ratio = fast / naive within a round, median over rounds.",
+        "rounds (order alternating); ratio = fast / naive within a round, median over rounds. Scorers: "
+        + "; ".join(f"{r['kind']}: {quantity[r['kind']]}" for r in rows) + ".",
         "",
-        f"**Machine.** {machine()}; {o['threads']} torch thread(s); shared with other jobs, 1-minute load average "
-        f"{min(loads):.1f} to {max(loads):.1f} during the run.",
+        f"**Machine.** {machine()}; {rows[0]['threads']} torch thread(s); shared with other jobs, 1-minute load "
+        f"average {min(loads):.1f} to {max(loads):.1f} during the run.",
         "",
-        f"**Command.** `nice -n 10 .venv/bin/python benchmarks/attribution.py {cmd}` ({wall / 60:.0f} min).",
+        f"**Command.** `nice -n 5 .venv/bin/python benchmarks/attribution.py {cmd}` ({wall / 60:.0f} min).",
         "",
-        f"**Pairs.** the first {o['n_pairs']} pairs of sample_data/train.jsonl, responses cut to their first "
-        f"{response_tokens} tokens (+ EOS): {o['tokens']} tokens in all, {o['response_tokens']} of them response "
-        f"tokens (each occluded once); {len(o['runs'])} rounds.",
+        f"**Pairs.** {pairs_desc}: {n_tok} tokens in all, {n_resp} of them response tokens (each occluded once); "
+        f"{len(rows[0]['runs'])} round(s).",
         "",
-        "| variant | s/pair (wall) | x naive (wall) | x naive (process CPU) | tokens forwarded | max abs difference |",
-        "|---|---|---|---|---|---|",
-        f"| occlusion, prefix cache | {fast:.2f} | **{o['wall_ratio']:.2f}** | {o['cpu_ratio']:.2f} | "
-        f"{o['runs'][0]['fast']['tokens']} ({o['token_ratio']:.2f}x) | {o['max_abs_diff']:.1e} |",
-        f"| naive, one forward per token | {naive:.2f} | 1 | 1 | {o['runs'][0]['naive']['tokens']} | "
-        f"(largest score {o['max_abs_score']:.2f} nats) |",
+        "| scorer | variant | s/pair (wall) | x naive (wall) | x naive (process CPU) | tokens forwarded "
+        "| max abs difference | / largest score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for o in rows:
+        fast = _median([x["fast"]["wall"] for x in o["runs"]]) / n_pairs
+        naive = _median([x["naive"]["wall"] for x in o["runs"]]) / n_pairs
+        rel = f"{o['max_abs_diff'] / o['max_abs_score']:.0e}" if o["max_abs_score"] > 0 else "n/a (every score 0)"
+        lines += [
+            f"| {o['kind']} | occlusion, prefix cache | {fast:.2f} | **{o['wall_ratio']:.2f}** | "
+            f"{o['cpu_ratio']:.2f} | {o['runs'][0]['fast']['tokens']} ({o['token_ratio']:.2f}x) | "
+            f"{o['max_abs_diff']:.1e} | {rel} |",
+            f"| {o['kind']} | naive, one forward per token | {naive:.2f} | 1 | 1 | {o['runs'][0]['naive']['tokens']} "
+            f"| (largest score {o['max_abs_score']:.2f}) | |",
+        ]
+    lines += [
         "",
-        "Tokens forwarded: rows x length summed over every forward of the model's backbone (the intact forward "
+        "Tokens forwarded: rows x length summed over every forward of every model's backbone (the intact forward "
         "included), the same in every round. The fast path's saving grows with the prompt's share of the "
-        "sequence: an occluded token's forward starts at the token, never in the prompt. The difference is "
-        f"float32 summation order (cached against full attention): {o['max_abs_diff'] / o['max_abs_score']:.0e} "
-        "of the largest score; the tests hold the two paths to 1e-5 on the tiny model.",
-    ]) + "\n"
+        "sequence: an occluded token's forward starts at the token, never in the prompt; on a response of r "
+        "tokens after a prompt of p, about (p + r/2) / (p + r) of the naive tokens are saved.",
+    ]
+    if any(o["kind"] == "implicit_reward" for o in rows):
+        lines += ["", "implicit_reward: the reference is the same model loaded a second time, so both models run "
+                  "(the cost is the real two-model cost) and every score is exactly 0 in both paths; its "
+                  "difference column says only that."]
+    if precision:
+        g, scale = precision["gaps"], precision["scale"]
+        lines += [
+            "", f"**Precision (noise floor)**, log-likelihood, the same {n_pairs} pair(s); float64 = "
+            "`tiviz.testing.float64_copy` (weights and activations in float64, RMSNorm included: transformers' "
+            "RMSNorm rounds its input to float32 whatever the model's dtype). Relative = max abs difference / the "
+            f"largest |score| of the float64 run ({scale:.2f} nats; the largest |f(x)| is "
+            f"{precision['value_scale']:.1f} nats).", "",
+            "| comparison | max abs difference | relative |", "|---|---|---|",
+        ]
+        lines += [f"| {PRECISION_ROWS[k]} | {g[k]:.1e} | {g[k] / scale:.0e} |" if g[k] else f"| {PRECISION_ROWS[k]} | 0 | 0 |"
+                  for k in PRECISION_ROWS]
+        exact = g["fast64|naive64"] < 1e-9 * scale
+        floor = max(g["naive|naive64"], g["naive|naive_eager"])
+        lines += [
+            "",
+            "Read: " + ("in float64 the two paths agree to rounding, so the cache, positions and masks are those of "
+                        "the full forward; " if exact else
+                        f"**in float64 the two paths differ by {g['fast64|naive64']:.1e}: more than rounding**; ")
+            + f"in float32 the fast path is {g['fast|naive64']:.1e} from float64 and the naive path "
+            f"{g['naive|naive64']:.1e}; fast vs naive ({g['fast|naive']:.1e}) is "
+            + ("within" if g["fast|naive"] <= floor else "**above**")
+            + f" the naive path's own distance from float64 and from another float32 implementation of the same "
+            f"forward ({floor:.1e}); the naive path in another batch shape differs from itself by "
+            f"{g['naive|naive_rows1']:.1e}. f(x) of up to {precision['value_scale']:.0f} nats is itself "
+            f"{precision['value_gap']:.0e} off float64 in float32. The test suite holds the two paths to 1e-12 in "
+            "float64 and 1e-5 in float32 on the tiny model (tests/test_occlusion.py).",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -1052,8 +1198,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="ig,table,scaling,occlusion",
                     help="comma-separated: ig, table, scaling, occlusion")
     ap.add_argument("--occlusion-pairs", type=int, default=2, help="occlusion: pairs compared (default 2)")
+    ap.add_argument("--occlusion-data", default="train", choices=OCCLUSION_DATA,
+                    help="occlusion: train (train.jsonl, responses cut), planted (planted-cue test pairs, long "
+                    "responses) or test (sample_data/test.jsonl); each writes its own section (default train)")
+    ap.add_argument("--occlusion-scorers", default="likelihood",
+                    help="occlusion: comma-separated scorers, likelihood and/or implicit_reward (default likelihood)")
+    ap.add_argument("--occlusion-precision-pairs", type=int, default=None,
+                    help="occlusion: noise floor (float64, another batch shape, eager attention) on the first N "
+                    "pairs (default 2 with --occlusion-data train, else 0)")
     ap.add_argument("--occlusion-response-tokens", type=int, default=24,
-                    help="occlusion: each response cut to its first N tokens (default 24)")
+                    help="occlusion, train data: each response cut to its first N tokens (default 24)")
     ap.add_argument("--occlusion-rounds", type=int, default=2, help="occlusion: interleaved rounds (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement process (default 1)")
     ap.add_argument("--inseq-python", default=str(DEFAULT_INSEQ) if DEFAULT_INSEQ.exists() else "",
@@ -1119,11 +1273,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_write:
             write_plot(results["scaling"], PLOT)
     if "occlusion" in parts:
+        from tiviz.tokenization import collate, pad_token_id
+
         t_occ, load0 = time.perf_counter(), os.getloadavg()[0]
-        occ_pairs = comparison_pairs(lm.tokenizer, args.occlusion_pairs, args.occlusion_response_tokens)
-        results["occlusion"] = run_occlusion(lm, occ_pairs, args.occlusion_rounds)
-        occ_text = occlusion_report(args, results["occlusion"], [load0, os.getloadavg()[0]],
-                                    time.perf_counter() - t_occ, args.occlusion_response_tokens)
+        occ_pairs, desc = occlusion_pairs(lm.tokenizer, args.occlusion_data, args.occlusion_pairs,
+                                          args.occlusion_response_tokens)
+        batches = [collate(list(encode_pair(lm.tokenizer, _as_pair(p))), pad_token_id(lm.tokenizer))
+                   for p in occ_pairs]
+        rows = [run_occlusion(occlusion_scorer(lm, kind), batches, args.occlusion_rounds)
+                for kind in args.occlusion_scorers.split(",")]
+        n_prec = (2 if args.occlusion_data == "train" else 0) if args.occlusion_precision_pairs is None \
+            else args.occlusion_precision_pairs
+        precision = run_precision(lm, batches[:n_prec]) if n_prec > 0 else None
+        results["occlusion"] = {"rows": rows, "precision": precision}
+        occ_text = occlusion_report(args, rows, precision, [load0, os.getloadavg()[0]], time.perf_counter() - t_occ,
+                                    desc, batches)
         print(occ_text)
         if not args.no_write:
             write_section(occ_text)

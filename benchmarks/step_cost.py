@@ -56,8 +56,10 @@ VARIANTS = {
     "w-fixed-gradient": {"preset": "dpo", "weighting": "gradient", "weights_from": "smollm2-135m-instruct"},
 }
 WEIGHT_GROUPS = ("ours-dpo,w-tidpo,w-gradient,w-grad_x_input;"
-                 "ours-dpo,w-implicit_reward,w-attention,w-random,w-fixed-gradient")
-"""`--groups weights`: one row per weight source (w-integrated_gradients and w-occlusion can be added by name)."""
+                 "ours-dpo,w-implicit_reward,w-attention,w-random,w-fixed-gradient;"
+                 "ours-dpo,w-integrated_gradients,w-occlusion")
+"""`--groups weights`: one row per weight source; the two costliest online sources (integrated gradients: `n_steps`
+forwards and backwards per step, occlusion: a forward per response token) in a group of their own."""
 
 
 def peak_rss_mib() -> float:

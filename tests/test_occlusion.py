@@ -4,6 +4,8 @@ policy is its own reference, and only response tokens are scored."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,24 @@ def test_removal_setting_is_in_the_cache_key(tiny, tmp_path):
     assert c.attrs["tiviz"]["cache"]["reused"] == 1
     assert not np.allclose(a["score"], b["score"])
     np.testing.assert_array_equal(a["score"], c["score"])
+
+
+@pytest.mark.parametrize("kind", ["likelihood", "implicit_reward", "reward_model"])
+def test_fast_path_is_exact_in_float64(tiny, kind):
+    """In float64 (RMSNorm included) the cached path equals the naive one to rounding (1e-12): the prefix cache,
+    positions and masks are those of the full forward; the value is the scorer's float64 score. In float32 both paths carry the model's own rounding, which
+    on the default model is larger than their difference (docs/BENCHMARKS.md, occlusion precision)."""
+    from tiviz.testing import float64_copy
+
+    _, tok, _, seqs, _ = tiny
+    scorer = _scorer(kind, tok)
+    ref = None if scorer.reference is None else float64_copy(scorer.reference)
+    scorer = dataclasses.replace(scorer, model=float64_copy(scorer.model), reference=ref)
+    batch = collate(seqs, tok.pad_token_id, "right")
+    fast, fx = scorer_occlusion(scorer, batch)
+    slow, fx_slow = scorer_occlusion(scorer, batch, naive=True)
+    assert fast.abs().max() > 1e-4
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)
+    torch.testing.assert_close(fx, fx_slow, atol=1e-12, rtol=0)
+    with torch.no_grad():  # and the readout stays float64 (no float32 log-softmax on the way)
+        torch.testing.assert_close(fx, scorer.sequence_scores(batch).double(), atol=1e-12, rtol=0)

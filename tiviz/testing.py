@@ -167,3 +167,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def float64_copy(model: Any) -> Any:
+    """A float64 deep copy of `model` whose RMSNorm layers also normalise in float64: the precision reference a
+    float32 computation is held against (transformers' RMSNorm rounds its input to float32 whatever the model's
+    dtype, which leaves float32 rounding in an otherwise float64 forward)."""
+    import copy
+    import types
+
+    import torch
+
+    def forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(hidden.dtype)
+
+    out = copy.deepcopy(model).double()
+    for module in out.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(forward, module)
+    return out

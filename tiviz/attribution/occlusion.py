@@ -151,6 +151,11 @@ def sequence_occlusion(terms: Sequence[Term], emb: torch.Tensor, ids: torch.Tens
     return effects, value
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """bfloat16/float16 up to float32; float32 and float64 stay (a float64 run is the precision reference)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _vocab(term: Term) -> int:
     if term.readout == "reward_head":
         return 1
@@ -199,12 +204,12 @@ def _readout(term: Term, x: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor,
             kwargs[cache_argument(model)] = cache
         if term.readout == "max_logit":
             res = model(**kwargs, logits_to_keep=1)
-            out[:, -1] = res.logits[:, -1].float().max(-1).values.double()
+            out[:, -1] = _upcast(res.logits[:, -1]).max(-1).values.double()
         else:
             res = model(**kwargs)
             scored = resp[start + 1 :]  # (S-1,) whether the token after each position is a response token
             nxt = ids[start + 1 :]  # (S-1,)
-            logp = torch.log_softmax(res.logits[:, :-1].float(), -1)  # (k, S-1, V)
+            logp = torch.log_softmax(_upcast(res.logits[:, :-1]), -1)  # (k, S-1, V)
             picked = logp.gather(-1, nxt.expand(k, -1).unsqueeze(-1)).squeeze(-1)  # (k, S-1)
             out[:, :-1] = torch.where(scored, picked, torch.zeros_like(picked)).double()
     kept = returned_cache(res) if keep_cache else None

@@ -132,8 +132,10 @@ def perturbed_targets(
 
 
 def cache_argument(model: Any) -> str:
-    """The forward's key/value-cache keyword: `cache` (transformers >= 5.2x) or `past_key_values` (before)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward's key/value-cache keyword: `cache` (transformers >= 5.2x) or `past_key_values` (before). A PEFT
+    wrapper passes its keywords through to the model it wraps, whose signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def returned_cache(output: Any) -> Any:
