@@ -139,6 +139,11 @@ def test_pair_terms_sum_to_the_margin_and_cancel_the_shared_prefix(tok, pairs):
     mine = cap[cap["side"] == "chosen"]["score"].to_numpy()
     differing = ~np.isclose(mine, 0, atol=1e-6)
     assert differing.any() and np.allclose(mine[differing][0], own[differing][0])
+    # the weights follow the new values (what rankings and shading read), not token_score's
+    w = resp["weight"].to_numpy()
+    np.testing.assert_allclose(resp.groupby(["pair_id", "side"])["weight"].sum(), 1.0, atol=1e-9)
+    np.testing.assert_allclose(w, (resp["score"].abs() / resp.groupby(["pair_id", "side"])["score"]
+                                   .transform(lambda x: x.abs().sum())).to_numpy(), atol=1e-12)
     with pytest.raises(TableError):
         pair_terms(df, method="gradient")
 

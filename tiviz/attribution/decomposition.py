@@ -79,5 +79,9 @@ def pair_terms(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame
             half = (sc[ci] - sr[ri]) / 2
             rows.loc[c.index[ci], "score"] = half
             rows.loc[r.index[ri], "score"] = -half
+    # weights as `attribute` sets them: |score| over the response, normalised to sum 1 per sequence
+    mag = rows["score"].abs().where(rows["in_response"].astype(bool))
+    total = mag.groupby([rows["pair_id"], rows["side"]]).transform("sum")
+    rows["weight"] = (mag / total).where(total > 0)
     rows["method"] = f"{method}_pair"
     return rows
