@@ -259,12 +259,10 @@ def report_from_cache(args: argparse.Namespace, data: dict[str, list[Any]]) -> d
         data_name, sname, n_pairs = path.stem.split("_")[:3]
         pairs = data[data_name][: int(n_pairs)]
         table = with_pair_view(read_table(path))
-        acc = results["accuracy"].get(f"{data_name}/{sname}", {})
-        learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
         skipped = json.loads(path.with_suffix(".skipped.json").read_text(encoding="utf-8"))
-        results["rows"] += [{"data": data_name, "scorer": sname, "method": m, "skipped": why}
-                            for m, why in skipped.items()]
-        results["rows"] += quality_rows(None, table, pairs, data_name, sname, learnt, math.nan)
+        results["rows"] += quality_rows(None, table, pairs, data_name, sname,
+                                        results["accuracy"].get(f"{data_name}/{sname}", {}), skipped, math.nan,
+                                        args.confident)
         for f_path in sorted(tables.glob(path.stem + "_faith*.json")):
             results["faithfulness"] += json.loads(f_path.read_text(encoding="utf-8"))
     return results
@@ -392,10 +390,8 @@ def run_quality(args: argparse.Namespace, planted: list[Any], sample: list[Any],
             seconds = time.perf_counter() - t0
             table = with_pair_view(table)
             log.info("%s %s: attributed %d pairs in %.0f s", data_name, sname, len(pairs), seconds)
-            for method, why in skipped.items():
-                results["rows"].append({"data": data_name, "scorer": sname, "method": method, "skipped": why})
-            learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= args.confident]
-            results["rows"] += quality_rows(scorer.model, table, pairs, data_name, sname, learnt, seconds)
+            results["rows"] += quality_rows(scorer.model, table, pairs, data_name, sname, acc, skipped, seconds,
+                                            args.confident)
             n_faith = (args.faith_pairs if data_name == "planted" or args.sample_faith_pairs is None
                        else args.sample_faith_pairs)
             if n_faith and scorer.kind != "reward_model":
@@ -423,13 +419,18 @@ def with_pair_view(table: Any) -> Any:
     return out
 
 
-def quality_rows(model: Any, table: Any, pairs: list[Any], data_name: str, sname: str, learnt: list[str],
-                 seconds: float) -> list[dict[str, Any]]:
-    """One record per method: rationale AUPRC (random beside) on all attributed pairs and on the pairs of the
-    templates the scorer has learnt (`learnt`), and for planted pairs the cue-over-distractor share likewise."""
+def quality_rows(model: Any, table: Any, pairs: list[Any], data_name: str, sname: str, acc: dict[str, Any],
+                 skipped: dict[str, str], seconds: float, confident: float) -> list[dict[str, Any]]:
+    """One record per method skipped (why), then per method run: rationale AUPRC (random beside) on all
+    attributed pairs and on the pairs of the templates the scorer has learnt (test accuracy >= `confident`), and
+    for planted pairs the cue-over-distractor share likewise."""
     import numpy as np
 
     from tiviz.evaluation import evaluate
+
+    rows: list[dict[str, Any]] = [{"data": data_name, "scorer": sname, "method": m, "skipped": why}
+                                  for m, why in skipped.items()]
+    learnt = [t for t, a in (acc.get("by_template") or {}).items() if a >= confident]
 
     ev = evaluate(model, pairs, table=table, faithfulness=False)  # plausibility only: no forward
     per = ev.per_sequence
@@ -439,7 +440,10 @@ def quality_rows(model: Any, table: Any, pairs: list[Any], data_name: str, sname
     cue = cue_beats_distractor(table, pairs) if data_name == "planted" else {}
     cue_learnt = (cue_beats_distractor(table, learnt_pairs) if data_name == "planted" and learnt_pairs else {})
     settings = table.attrs.get("tiviz", {}).get("settings") or {}
-    rows = []
+    if data_name == "planted":  # a random ranking's share does not depend on the method
+        cue_random = random_cue_share(pairs, table)
+        cue_learnt_random = (random_cue_share(learnt_pairs, table[table["pair_id"].isin({p.id for p in learnt_pairs})])
+                             if learnt_pairs else math.nan)
     for method, g in per.groupby("method", sort=False):
         g = g[g["auprc"].notna()]
         gl = g[g["template"].isin(learnt)]
@@ -454,10 +458,9 @@ def quality_rows(model: Any, table: Any, pairs: list[Any], data_name: str, sname
         }
         if data_name == "planted":
             rec["cue_over_distractor"] = cue.get(str(method), math.nan)
-            rec["cue_over_distractor_random"] = random_cue_share(pairs, table)
+            rec["cue_over_distractor_random"] = cue_random
             rec["cue_over_distractor_learnt"] = cue_learnt.get(str(method), math.nan)
-            rec["cue_over_distractor_learnt_random"] = (random_cue_share(learnt_pairs, table[
-                table["pair_id"].isin({p.id for p in learnt_pairs})]) if learnt_pairs else math.nan)
+            rec["cue_over_distractor_learnt_random"] = cue_learnt_random
         rows.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()})
         log.info("%s", rows[-1])
     return rows
