@@ -301,13 +301,13 @@ def attribute_with(scorer: Any, pairs: list[Any], methods: list[str], args: argp
     `attribute` call, so the gradient methods share their backward pass.
     """
     from tiviz.attribution import attribute
-    from tiviz.attribution.methods import METHODS
+    from tiviz.attribution.methods import METHODS, scorer_methods
 
-    skipped = {m: "not a registered method" for m in methods if m not in METHODS}
-    run = [m for m in methods if m in METHODS]
-    if scorer.kind == "reward_model" and "tidpo" in run:
-        run.remove("tidpo")
-        skipped["tidpo"] = "reads a causal LM's final logits; a reward model has none"
+    can = scorer_methods(scorer.kind)
+    skipped = {m: "not a registered method" if m not in METHODS else
+               f"not for a {scorer.kind} scorer (it reads LM logits or needs a reference)"
+               for m in methods if m not in can}
+    run = [m for m in methods if m in can]
     settings = {"n_steps": args.ig_steps, "ig_max_steps": args.ig_steps, "batch_size": 2,
                 "target": SCORER_TARGET[scorer.kind]}
     table = attribute(scorer.model, pairs, run, tokenizer=scorer.tokenizer, scorer=scorer, **settings)
