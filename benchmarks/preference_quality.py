@@ -14,7 +14,11 @@ distractor) the answer is known. The script
 
 Sized for a 2-core CPU (docs/EVALUATION.md gives the measured times); every size is a flag:
 
-    .venv/bin/python benchmarks/preference_quality.py                       # train (once) and score, ~25 min
+    .venv/bin/python benchmarks/preference_quality.py                       # train (once) and score
+
+The defaults take hours on 2 shared cores. That is an estimate: occlusion alone took about 48 min for 16 planted
+pairs of the base model (docs/EVALUATION.md), and the defaults attribute 40 pairs for each of three scorers.
+
     .venv/bin/python benchmarks/preference_quality.py --test-pairs 8 --sample-pairs 8 --ig-steps 4   # smoke
 """
 
