@@ -121,6 +121,21 @@ def test_margin_split_over_aligned_stretches(tok, pairs):
     assert abs(cap["from_shared"]) > 0
 
 
+@pytest.mark.parametrize("kind", ["likelihood", "implicit_reward", "reward_model"])
+def test_token_score_pair_method_equals_the_pair_view_of_the_table(tok, pairs, kind):
+    """`attribute(..., ["token_score_pair"])` is `pair_terms` of the token_score table, for every scorer kind."""
+    model = tiny_reward_model(seed=0) if kind == "reward_model" else tiny_model(seed=0)
+    ref = tiny_model(seed=1) if kind == "implicit_reward" else None
+    scorer = make_scorer(model, tokenizer=tok, reference=ref)
+    both = attribute(scorer, pairs, ["token_score", "token_score_pair"])
+    direct = both[both["method"] == "token_score_pair"].reset_index(drop=True)
+    view = pair_terms(both).reset_index(drop=True)
+    assert len(direct) == len(view) and direct["in_response"].any()
+    np.testing.assert_allclose(direct["score"], view["score"], atol=1e-6)
+    np.testing.assert_allclose(direct["weight"].fillna(-1), view["weight"].fillna(-1), atol=1e-6)
+    assert (direct["score"] != both[both["method"] == "token_score"]["score"].to_numpy()).any()
+
+
 def test_pair_terms_sum_to_the_margin_and_cancel_the_shared_prefix(tok, pairs):
     scorer = make_scorer(tiny_model(seed=0), tokenizer=tok)
     df = attribute(scorer, pairs, ["token_score"])

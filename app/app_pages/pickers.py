@@ -15,10 +15,10 @@ from tiviz.errors import TivizError
 
 PAGE = 1000  # pairs listed at once by the pair picker (more are reached by search or page)
 METHOD_ORDER = ("tidpo", "gradient", "grad_x_input", "integrated_gradients", "attention", "occlusion", "token_score",
-                "implicit_reward")
+                "token_score_pair", "implicit_reward")
 METHOD_LABELS = {"tidpo": "tidpo (TI-DPO's training weights)",
-                 "token_score": "token_score (each token's own term of the score)"}
-NO_LOGITS = ("tidpo", "implicit_reward")  # methods a reward model cannot give (no LM logits, no reference)
+                 "token_score": "token_score (each token's own term of the score)",
+                 "token_score_pair": "token_score_pair (own terms, shared text cancelled: splits the margin)"}
 
 
 # ---------------------------------------------------------------------------------------------- kept widgets
@@ -207,12 +207,13 @@ def model_picker(key: str, label: str = "Model", *, reward_models: bool = False)
 
 
 def method_options(reference: bool, reward_model: bool = False) -> list[str]:
-    """The methods to offer, in display order; implicit_reward only when there is a reference model, none that
-    reads LM logits for a reward model."""
-    from tiviz.attribution.methods import METHODS
+    """The methods the scorer can give (`tiviz.attribution.methods.scorer_methods`), in display order:
+    implicit_reward only with a reference model, none that reads LM logits for a reward model."""
+    from tiviz.attribution.methods import scorer_methods
 
-    return [m for m in METHOD_ORDER if m in METHODS and (reference or not METHODS[m].needs_reference)
-            and not (reward_model and m in NO_LOGITS)]
+    kind = "reward_model" if reward_model else "implicit_reward" if reference else "likelihood"
+    allowed = scorer_methods(kind)
+    return [m for m in METHOD_ORDER if m in allowed] + [m for m in allowed if m not in METHOD_ORDER]
 
 
 def method_picker(key: str, *, reference: bool, reward_model: bool = False, kind: str = "likelihood") -> str:

@@ -25,6 +25,7 @@ import torch
 from tiviz.aggregate import apply_aggregate, check_level
 from tiviz.attribution.attention import attention_scores
 from tiviz.attribution.cache import AttributionCache, default_folder, side_major
+from tiviz.attribution.decomposition import pair_values
 from tiviz.attribution.gradient import (
     forward_logits,
     frozen_parameters,
@@ -253,6 +254,21 @@ def _token_score(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, 
     return terms, terms.sum(-1, dtype=torch.float64), None
 
 
+def _token_score_pair(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`token_score` in its pair view (`decomposition.pair_values`): shared stretches of the two responses
+    cancel, so the values rank tokens by what they do to the margin; the target value is the sequence's score."""
+    terms, value, _ = _token_score(ctx)
+    out = terms.detach().clone()
+    mask, ids = ctx.batch.response_mask.bool(), ctx.batch.input_ids
+    for b in range(0, ids.shape[0], 2):  # rows alternate chosen, rejected
+        mc, mr = mask[b], mask[b + 1]
+        vc, vr = pair_values(ids[b][mc].tolist(), ids[b + 1][mr].tolist(), terms[b][mc].double().cpu().numpy(),
+                             terms[b + 1][mr].double().cpu().numpy())
+        out[b, mc] = torch.as_tensor(vc, dtype=out.dtype, device=out.device)
+        out[b + 1, mr] = torch.as_tensor(vr, dtype=out.dtype, device=out.device)
+    return out, value, None
+
+
 def _occlusion(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Leave-one-out of the target: the scorer's own score for `reward` / `margin` (through both models, or a
     reward model's head), else the policy's likelihood target."""
@@ -277,6 +293,7 @@ METHOD_FNS: dict[str, MethodFn] = {
     "attention": _attention,
     "occlusion": _occlusion,
     "token_score": _token_score,
+    "token_score_pair": _token_score_pair,
     "implicit_reward": _token_score,
 }
 
@@ -397,6 +414,9 @@ def method_quantity(scorer: Scorer, method: str, target: str) -> str:
         return "TI-DPO's training weights: L1 gradient of the max final logit (TI-DPO Eq. 4-5) with a prior"
     if method in ("token_score", "implicit_reward"):
         return f"each response token's own term of the {scorer.quantity()}"
+    if method == "token_score_pair":
+        return (f"each response token's own term of the {scorer.quantity()}, in the pair view: shared stretches "
+                "of the two responses cancel, so chosen minus rejected sums to the margin")
     score = QUANTITIES["likelihood"] if target == "logprob" else scorer.quantity()
     what = "the max final logit (TI-DPO Eq. 4)" if target == "max_logit" else score
     if target == "margin":

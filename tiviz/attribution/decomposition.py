@@ -12,9 +12,13 @@ shared ones. For a reward model the prompt-only score is the same on both sides 
 
 from __future__ import annotations
 
-import pandas as pd
+from collections.abc import Hashable, Sequence
 
-from tiviz.alignment import shared_tokens
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from tiviz.alignment import align_tokens, shared_tokens
 from tiviz.errors import TableError
 
 DECOMPOSED = ("token_score", "implicit_reward")
@@ -51,14 +55,27 @@ def margin_split(table: pd.DataFrame, method: str = "token_score") -> pd.DataFra
     return pd.DataFrame(out)
 
 
-def pair_terms(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame:
-    """A pair view of a decomposition, for ranking tokens by what they do to the margin: in a shared stretch each
-    token's value is half its own term minus its aligned counterpart's (0 where an earlier difference left its
-    likelihood alone), in a differing stretch its own term. So sum(chosen values) - sum(rejected values) is the
-    margin, as `margin_split` splits it. Returns the method's rows with those values, as method `METHOD_pair`.
-    """
-    from tiviz.alignment import align_tokens
+def pair_values(chosen_ids: Sequence[Hashable], rejected_ids: Sequence[Hashable], chosen_terms: ArrayLike,
+                rejected_terms: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """One pair's response terms in the pair view (docs/METHOD.md §9): in a stretch both responses share, each
+    token gets half its own term minus its aligned counterpart's (the rejected side the negative), elsewhere its
+    own term; so sum(chosen) - sum(rejected) is unchanged. Returns (chosen values, rejected values), float64."""
+    sc, sr = np.asarray(chosen_terms, dtype=np.float64), np.asarray(rejected_terms, dtype=np.float64)
+    c, r = sc.copy(), sr.copy()
+    for seg in align_tokens(chosen_ids, rejected_ids):
+        if seg.kind == "same":
+            ci, ri = slice(*seg.chosen), slice(*seg.rejected)
+            c[ci] = (sc[ci] - sr[ri]) / 2
+            r[ri] = -c[ci]
+    return c, r
 
+
+def pair_terms(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame:
+    """A pair view of a decomposition in a table (`pair_values` per pair), for ranking tokens by what they do to
+    the margin: sum(chosen values) - sum(rejected values) is the margin, as `margin_split` splits it. Returns the
+    method's rows with those values, as method `METHOD_pair`. (`attribute(..., methods=["token_score_pair"])`
+    computes the same view from the model directly.)
+    """
     if method not in DECOMPOSED:
         raise TableError(f"pair_terms reads a decomposition ({', '.join(DECOMPOSED)}), not {method!r}")
     rows = table[table["method"] == method].copy()
@@ -71,14 +88,10 @@ def pair_terms(table: pd.DataFrame, method: str = "token_score") -> pd.DataFrame
         if set(sides) != {"chosen", "rejected"}:
             continue
         c, r = sides["chosen"], sides["rejected"]
-        sc, sr = c["score"].to_numpy(float), r["score"].to_numpy(float)
-        for seg in align_tokens(c["token_id"].tolist(), r["token_id"].tolist()):
-            if seg.kind != "same":
-                continue
-            ci, ri = slice(*seg.chosen), slice(*seg.rejected)
-            half = (sc[ci] - sr[ri]) / 2
-            rows.loc[c.index[ci], "score"] = half
-            rows.loc[r.index[ri], "score"] = -half
+        vc, vr = pair_values(c["token_id"].tolist(), r["token_id"].tolist(), c["score"].to_numpy(float),
+                             r["score"].to_numpy(float))
+        rows.loc[c.index, "score"] = vc
+        rows.loc[r.index, "score"] = vr
     # weights as `attribute` sets them: |score| over the response, normalised to sum 1 per sequence
     mag = rows["score"].abs().where(rows["in_response"].astype(bool))
     total = mag.groupby([rows["pair_id"], rows["side"]]).transform("sum")

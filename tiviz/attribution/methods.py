@@ -36,6 +36,10 @@ METHODS: dict[str, MethodInfo] = {
                    " (likelihood), beta * (log pi - log pi_ref) (implicit reward), or the change of a reward "
                    "model's score as the token is appended; sums to the score (reward model: minus the "
                    "prompt-only score)", True, False, False, "itself"),
+        MethodInfo("token_score_pair", "token_score in the pair view: where the two responses share a stretch, "
+                   "each token gets half its term minus its aligned counterpart's (so shared text cancels), "
+                   "elsewhere its own term; chosen minus rejected sums to the margin", True, False, False,
+                   "itself"),
         MethodInfo("occlusion", "leave-one-out: the target minus the target with the token's embedding replaced "
                    "by the removal embedding (the same removal as `tiviz evaluate`)", True, False, True),
         MethodInfo("implicit_reward", "token_score with a reference (its old id): per-token implicit reward "
