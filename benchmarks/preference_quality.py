@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.write_ranking:
             from tiviz.evaluation.method_ranking import write_ranking
 
-            write_ranking(results["rows"], source="benchmarks/preference_quality.py (docs/EVALUATION.md gives "
-                          "the runs; this file: --report-only --write-ranking)")
+            write_ranking(results["rows"], source="benchmarks/preference_quality.py --report-only --write-ranking")
         sys.stdout.write(format_results(results) + "\n")
         return
     t0 = time.perf_counter()

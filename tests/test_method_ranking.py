@@ -116,3 +116,19 @@ def test_the_ranking_file_is_package_data():
     patterns = setup["package-data"]["tiviz.evaluation"]
     assert any(fnmatch.fnmatch(ranking.RANKING_FILE.name, p) for p in patterns)
     assert ranking.RANKING_FILE.parent == Path(ranking.__file__).parent
+
+
+def test_the_shipped_ranking_reads_and_ranks_only_methods_each_scorer_can_give():
+    """The file the package ships (written by the benchmark) passes the schema, and every method it ranks for a
+    scorer kind is one that kind can give, so the app never opens on a method it cannot compute."""
+    from tiviz.attribution.methods import scorer_methods
+
+    shipped = ranking.read_ranking(ranking.RANKING_FILE)
+    if shipped is None:
+        pytest.skip("no ranking shipped (benchmarks/preference_quality.py --write-ranking writes it)")
+    assert shipped["by_scorer_kind"]
+    for kind, entries in shipped["by_scorer_kind"].items():
+        allowed = scorer_methods(kind)
+        assert entries and all(e["method"] in allowed for e in entries), kind
+        lifts = [ranking.lift(e) for e in entries]
+        assert lifts == sorted(lifts, reverse=True), kind
