@@ -40,8 +40,8 @@ is plain DPO, the baseline."""
 DEFAULT = {"sources": "uniform,tidpo,gradient@base", "datasets": "sample,planted", "seeds": "0,1,2",
            "steps": 3, "eval_every": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
            "n_train": 16, "n_test": 16, "planted_n": 64, "planted_fillers": "1,3", "lr": 1e-3}
-"""Scaled to about 20 minutes on a shared 2-core CPU: an estimate, twice the 531 s of the sample-only run of
-similar size in docs/BENCHMARKS.md (one dataset there, two here); not itself measured."""
+"""Scaled to fit a 2-core CPU: both datasets, 18 runs, took 1,046 s here beside one other job (docs/BENCHMARKS.md,
+"The whole default study, one command")."""
 FULL = {"sources": ",".join(SOURCES) + ",attention,integrated_gradients,implicit_reward", "datasets": "sample,planted",
         "seeds": "0,1,2,3,4", "steps": 100, "eval_every": 10, "batch_size": 8, "max_length": 512,
         "max_prompt_length": 256, "n_train": 0, "n_test": 0, "planted_n": 400, "planted_fillers": "5,10", "lr": 5e-5}
