@@ -140,7 +140,7 @@ def test_weights_from_a_reward_model_train_and_are_cached(tmp_path, reward_model
 
 @pytest.mark.parametrize(("weighting", "target", "field", "says"), [
     ("tidpo", "max_logit", "weighting", "gradient, grad_x_input, integrated_gradients, attention, token_score, "
-     "occlusion with a reward model"),
+     "token_score_pair, occlusion with a reward model"),
     ("implicit_reward", "max_logit", "weighting", "tidpo reads a causal LM's final logits"),
     ("gradient", "max_logit", "weighting_target", "reward, margin with a reward model"),
     ("integrated_gradients", "logprob", "weighting_target", "its score is target 'reward'"),
