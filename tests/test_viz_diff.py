@@ -16,12 +16,12 @@ from tiviz.viz import diff_tokens_html
 
 
 def _table(chosen: list[str], rejected: list[str]) -> pd.DataFrame:
-    rows = []
+    rows, ids = [], {}  # a distinct id per distinct piece (hash() % 1000 could collide, and varies per process)
     for side, pieces in (("chosen", chosen), ("rejected", rejected)):
         at = 0
         for pos, piece in enumerate([*pieces, "<|im_end|>"]):
             text = "" if piece == "<|im_end|>" else piece
-            rows.append({"pair_id": "p", "side": side, "position": pos, "token_id": hash(piece) % 1000,
+            rows.append({"pair_id": "p", "side": side, "position": pos, "token_id": ids.setdefault(piece, len(ids)),
                          "token": piece, "text": text, "char_start": at, "char_end": at + len(text),
                          "in_response": True, "method": "gradient", "score": float(pos + 1), "weight": np.nan,
                          "target_value": np.nan, "convergence_delta": np.nan})
