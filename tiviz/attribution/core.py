@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,7 @@ class BatchContext:
     cfg: AttributionConfig
     sign: torch.Tensor  # (B,) +1 on chosen rows, -1 on rejected rows
     grads: Gradients  # target name -> (d target / d embeddings (B, L, H), embeddings, target values (B,))
+    memo: dict[str, Any] = field(default_factory=dict)  # results methods share (token_score's forward)
 
 
 MethodFn = Callable[[BatchContext], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
@@ -246,12 +247,17 @@ def _attention(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, to
 
 
 def _token_score(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Each response token's own term of the score; the target value is the sequence's score."""
-    terms = ctx.scorer.token_scores(ctx.batch)  # (B, L)
-    if ctx.scorer.kind == "reward_model":
-        with torch.no_grad():
-            return terms, ctx.scorer.sequence_scores(ctx.batch), None
-    return terms, terms.sum(-1, dtype=torch.float64), None
+    """Each response token's own term of the score; the target value is the sequence's score. Computed once per
+    batch however many methods read it (token_score, token_score_pair, implicit_reward)."""
+    if "token_score" not in ctx.memo:
+        terms = ctx.scorer.token_scores(ctx.batch)  # (B, L)
+        if ctx.scorer.kind == "reward_model":
+            with torch.no_grad():
+                value = ctx.scorer.sequence_scores(ctx.batch)
+        else:
+            value = terms.sum(-1, dtype=torch.float64)
+        ctx.memo["token_score"] = (terms, value, None)
+    return ctx.memo["token_score"]
 
 
 def _token_score_pair(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
