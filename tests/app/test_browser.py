@@ -103,7 +103,7 @@ def test_inspect_page_renders_shaded_tokens(server, browser):
     page.goto(server)
     page.get_by_text("Inspect a pair").wait_for(timeout=120_000)
     blocks = page.locator(TOKENS)
-    blocks.first.wait_for(timeout=120_000)
+    blocks.nth(1).wait_for(timeout=120_000)  # Streamlit draws the two sides one after the other
     assert blocks.count() == 2
     chosen = blocks.nth(0)
     # every response token is a span; EOS aside, their text is the chosen response
